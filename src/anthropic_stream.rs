@@ -1,0 +1,1 @@
+//! Anthropic stream translation (being written).

@@ -1,0 +1,190 @@
+//! The one error type of the service, and how each error looks to a client.
+
+use std::fmt;
+
+use postgres::error::SqlState;
+use serde_json::json;
+
+/// Every way a request can fail. The client sees `message()`; the log also sees `Display`,
+/// which may carry internal detail (never a secret).
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed JSON, wrong types, missing fields. The message names the field.
+    BadRequest(String),
+    /// 401: no bearer key, or one we do not know.
+    Unauthorized,
+    /// 403: the agent key on an admin route.
+    Forbidden,
+    /// 404: unknown route or unknown resource.
+    NotFound(String),
+    /// 405: the route exists but not with this method; `allow` lists the methods it takes.
+    MethodNotAllowed { allow: &'static str },
+    /// 408: the body did not arrive within the read deadline.
+    RequestTimeout,
+    /// 409: the request conflicts with the stored state.
+    Conflict(String),
+    /// 413: the body is larger than `MAX_BODY_BYTES`.
+    PayloadTooLarge { limit: usize },
+    /// 502: the upstream was unreachable or answered something unusable.
+    BadGateway(String),
+    /// 503: the database cannot be reached; the detail goes to the log only.
+    DbUnavailable(String),
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout(String),
+    /// 500 with a message the client may see (a misconfiguration it can act on).
+    Misconfigured(String),
+    /// 500: a bug or an unexpected database error; the detail goes to the log only.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::RequestTimeout => 408,
+            ApiError::Conflict(_) => 409,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::Misconfigured(_) | ApiError::Internal(_) => 500,
+            ApiError::BadGateway(_) => 502,
+            ApiError::DbUnavailable(_) => 503,
+            ApiError::GatewayTimeout(_) => 504,
+        }
+    }
+
+    /// The OpenAI-style `type` of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            ApiError::Unauthorized => "authentication_error",
+            ApiError::Forbidden => "permission_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::MethodNotAllowed { .. } => "invalid_request_error",
+            ApiError::RequestTimeout => "invalid_request_error",
+            ApiError::Conflict(_) => "conflict_error",
+            ApiError::BadGateway(_) | ApiError::GatewayTimeout(_) => "upstream_error",
+            ApiError::DbUnavailable(_) => "service_unavailable",
+            ApiError::Misconfigured(_) | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "invalid_api_key",
+            ApiError::Forbidden => "admin_key_required",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge { .. } => "body_too_large",
+            ApiError::BadGateway(_) => "upstream_unavailable",
+            ApiError::GatewayTimeout(_) => "upstream_timeout",
+            ApiError::DbUnavailable(_) => "database_unavailable",
+            ApiError::Misconfigured(_) => "misconfigured",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// What the client is told. Internal detail stays out.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::BadGateway(m)
+            | ApiError::GatewayTimeout(m)
+            | ApiError::Misconfigured(m) => m.clone(),
+            ApiError::Unauthorized => "missing or unknown API key".into(),
+            ApiError::Forbidden => "this route needs the admin key".into(),
+            ApiError::MethodNotAllowed { allow } => {
+                format!("method not allowed; this route accepts {allow}")
+            }
+            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("request body is larger than {limit} bytes (MAX_BODY_BYTES)")
+            }
+            ApiError::DbUnavailable(_) => "database unavailable".into(),
+            ApiError::Internal(_) => "internal server error".into(),
+        }
+    }
+
+    /// The body of the error response, in OpenAI's error shape.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message(), "type": self.kind(), "code": self.code()}})
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::NotFound(message.into())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::DbUnavailable(detail) => write!(f, "database unavailable: {detail}"),
+            ApiError::Internal(detail) => write!(f, "internal error: {detail}"),
+            other => write!(f, "{}", other.message()),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<postgres::Error> for ApiError {
+    fn from(e: postgres::Error) -> ApiError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::UNIQUE_VIOLATION {
+                return ApiError::Conflict("already exists".into());
+            }
+            if *code == SqlState::FOREIGN_KEY_VIOLATION || *code == SqlState::RESTRICT_VIOLATION {
+                return ApiError::Conflict("still referenced by other records".into());
+            }
+            let class = &code.code()[..2];
+            // 08: connection exceptions, 57: operator intervention (shutdown), 53: resources.
+            if matches!(class, "08" | "57" | "53") {
+                return ApiError::DbUnavailable(db.to_string());
+            }
+            return ApiError::Internal(format!("database error: {db}"));
+        }
+        // No server-side error: the connection itself failed or was closed.
+        ApiError::DbUnavailable(e.to_string())
+    }
+}
+
+impl From<r2d2::Error> for ApiError {
+    fn from(e: r2d2::Error) -> ApiError {
+        ApiError::DbUnavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_detail_never_reaches_the_client_message() {
+        let e = ApiError::Internal("relation secret_table does not exist".into());
+        assert_eq!(e.status(), 500);
+        assert!(!e.body().to_string().contains("secret_table"));
+        assert!(e.to_string().contains("secret_table"));
+    }
+
+    #[test]
+    fn error_bodies_have_the_openai_shape() {
+        let body = ApiError::bad_request("field `profile_name` is required").body();
+        assert_eq!(
+            body,
+            json!({"error": {"message": "field `profile_name` is required",
+                             "type": "invalid_request_error", "code": "invalid_request"}})
+        );
+    }
+}

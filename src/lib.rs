@@ -1,0 +1,24 @@
+//! switcher-api: an OpenAI-compatible endpoint whose provider account and model are switched
+//! by hand, per agent.
+
+pub mod log;
+
+pub mod anthropic;
+pub mod anthropic_stream;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod input;
+pub mod migrate;
+pub mod reaper;
+pub mod routes;
+pub mod server;
+pub mod sse;
+pub mod startup;
+pub mod store;
+pub mod usage;
