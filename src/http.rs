@@ -1,0 +1,265 @@
+//! The request snapshot handlers see, and the reply they give back.
+
+use std::io::{self, Read, Write};
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// An owned snapshot of one request: everything a handler may look at.
+#[derive(Debug, Clone, Default)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a JSON object; a clear 400 otherwise.
+    pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        match self.json()? {
+            Value::Object(map) => Ok(map),
+            _ => Err(ApiError::bad_request("request body must be a JSON object")),
+        }
+    }
+
+    pub fn json(&self) -> Result<Value, ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(
+                "request body is empty; a JSON object is required",
+            ));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+}
+
+/// Splits a raw URL into its path and decoded query pairs.
+pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    (percent_decode(path), pairs)
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes a streamed body: called once with the client's connection, after the head is sent.
+pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+pub enum Body {
+    Empty,
+    Bytes {
+        data: Vec<u8>,
+        content_type: &'static str,
+    },
+    /// A `text/event-stream` written event by event as it is produced.
+    Stream(StreamFn),
+}
+
+/// What a handler answers.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Bytes {
+                data: serde_json::to_vec(value).unwrap_or_default(),
+                content_type: "application/json",
+            },
+        }
+    }
+
+    /// JSON that is already serialized (an upstream's answer passed on as it is).
+    pub fn raw_json(status: u16, data: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Bytes {
+                data,
+                content_type: "application/json",
+            },
+        }
+    }
+
+    pub fn ok(value: &Value) -> Reply {
+        Reply::json(200, value)
+    }
+
+    pub fn created(value: &Value) -> Reply {
+        Reply::json(201, value)
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        let mut reply = Reply::json(e.status(), &e.body());
+        if let ApiError::MethodNotAllowed { allow } = e {
+            reply = reply.with_header("Allow", allow);
+        }
+        reply
+    }
+
+    pub fn stream(status: u16, write: StreamFn) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Stream(write),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+///
+/// `timed_out` tells whether the read deadline cut the connection, which turns a short read
+/// into a 408 rather than a 400.
+pub fn read_body(
+    reader: &mut dyn Read,
+    declared: Option<usize>,
+    limit: usize,
+    timed_out: &dyn Fn() -> bool,
+) -> Result<Vec<u8>, ApiError> {
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let result = reader.take(limit as u64 + 1).read_to_end(&mut body);
+    if timed_out() {
+        return Err(ApiError::RequestTimeout);
+    }
+    if let Err(e) = result {
+        return Err(ApiError::bad_request(format!(
+            "the request body could not be read: {e}"
+        )));
+    }
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    if declared.is_some_and(|len| body.len() < len) {
+        return Err(ApiError::bad_request(
+            "the request body is shorter than its Content-Length",
+        ));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_split_and_decoded() {
+        let (path, q) = split_url("/api/models?profile=my%20prof&x=a+b&flag");
+        assert_eq!(path, "/api/models");
+        assert_eq!(
+            q,
+            vec![
+                ("profile".into(), "my prof".into()),
+                ("x".into(), "a b".into()),
+                ("flag".into(), "".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_percent_escapes_are_kept() {
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_413() {
+        let mut data: &[u8] = &[b'x'; 11];
+        let e = read_body(&mut data, None, 10, &|| false).unwrap_err();
+        assert_eq!(e.status(), 413);
+        let mut data: &[u8] = b"{}";
+        let e = read_body(&mut data, Some(11), 10, &|| false).unwrap_err();
+        assert_eq!(e.status(), 413);
+    }
+
+    #[test]
+    fn a_short_body_is_408_when_the_deadline_cut_it() {
+        let mut data: &[u8] = b"{";
+        assert_eq!(
+            read_body(&mut data, Some(5), 10, &|| true)
+                .unwrap_err()
+                .status(),
+            408
+        );
+        let mut data: &[u8] = b"{";
+        assert_eq!(
+            read_body(&mut data, Some(5), 10, &|| false)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_naming_the_problem() {
+        let req = Req {
+            body: b"{not json".to_vec(),
+            ..Req::default()
+        };
+        let e = req.json_object().unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.message().contains("not valid JSON"));
+    }
+}

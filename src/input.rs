@@ -1,0 +1,164 @@
+//! Reading fields out of a JSON request body, with 400s that name the field.
+
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A JSON object under validation.
+pub struct Fields<'a>(pub &'a Map<String, Value>);
+
+fn wrong_type(name: &str, expected: &str) -> ApiError {
+    ApiError::bad_request(format!("field `{name}` must be {expected}"))
+}
+
+impl<'a> Fields<'a> {
+    /// Present and not null.
+    fn present(&self, name: &str) -> Option<&'a Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    pub fn str(&self, name: &str) -> Result<&'a str, ApiError> {
+        self.opt_str(name)?
+            .ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
+    }
+
+    pub fn opt_str(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(wrong_type(name, "a string")),
+        }
+    }
+
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(wrong_type(name, "true or false")),
+        }
+    }
+
+    /// A whole number from 1 to `i32::MAX`.
+    pub fn opt_positive_int(&self, name: &str) -> Result<Option<i32>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .filter(|n| (1..=i32::MAX as i64).contains(n))
+                .map(|n| Some(n as i32))
+                .ok_or_else(|| wrong_type(name, "a positive whole number")),
+        }
+    }
+
+    pub fn opt_str_list(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "a list of strings")),
+            Some(_) => Err(wrong_type(name, "a list of strings")),
+        }
+    }
+
+    pub fn opt_object(&self, name: &str) -> Result<Option<Fields<'a>>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(Fields(m))),
+            Some(_) => Err(wrong_type(name, "an object")),
+        }
+    }
+}
+
+/// `profile_name`: 1–64 of `[A-Za-z0-9._-]`.
+pub fn valid_profile_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `agent_id`: 1–128 characters, none of them control characters.
+pub fn check_agent_id(agent_id: &str) -> Result<(), ApiError> {
+    if agent_id.is_empty() || agent_id.chars().count() > 128 {
+        return Err(ApiError::bad_request(
+            "`agent_id` must be 1 to 128 characters long",
+        ));
+    }
+    if agent_id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "`agent_id` must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `model_name`: 1–256 characters, none of them control characters.
+pub fn check_model_name(model_name: &str) -> Result<(), ApiError> {
+    if model_name.is_empty()
+        || model_name.chars().count() > 256
+        || model_name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "field `model_name` must be 1 to 256 characters with no control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn profile_names_follow_the_contract() {
+        assert!(valid_profile_name("openai-main_2.v1"));
+        assert!(valid_profile_name(&"a".repeat(64)));
+        assert!(!valid_profile_name(&"a".repeat(65)));
+        assert!(!valid_profile_name(""));
+        assert!(!valid_profile_name("has space"));
+        assert!(!valid_profile_name("slash/y"));
+        assert!(!valid_profile_name("ünï"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let body = json!({"enabled": "yes", "tags": [1], "max_tokens": 0});
+        let f = Fields(body.as_object().unwrap());
+        assert!(f
+            .opt_bool("enabled")
+            .unwrap_err()
+            .message()
+            .contains("`enabled`"));
+        assert!(f
+            .opt_str_list("tags")
+            .unwrap_err()
+            .message()
+            .contains("`tags`"));
+        assert!(f
+            .opt_positive_int("max_tokens")
+            .unwrap_err()
+            .message()
+            .contains("`max_tokens`"));
+        assert!(f
+            .str("missing")
+            .unwrap_err()
+            .message()
+            .contains("`missing` is required"));
+    }
+
+    #[test]
+    fn null_counts_as_absent() {
+        let body = json!({"base_url": null});
+        let f = Fields(body.as_object().unwrap());
+        assert_eq!(f.opt_str("base_url").unwrap(), None);
+        assert!(f.has("base_url"));
+    }
+}

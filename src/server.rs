@@ -1,0 +1,330 @@
+//! The HTTP server: a fixed pool of workers taking requests from tiny_http, one straight path
+//! per request: read → route → authorize → body → handler → respond → log.
+
+use std::io::{self, Write};
+use std::mem::ManuallyDrop;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tiny_http::{Header, Request, Response};
+
+use crate::app::App;
+use crate::auth;
+use crate::error::ApiError;
+use crate::http::{read_body, split_url, Body, Reply, Req};
+use crate::reaper::{Reaper, Watch};
+use crate::routes::{self, Endpoint};
+
+/// A started server; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    http: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    reaper: Reaper,
+    stopping: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+/// Binds the listening socket with `TCP_NODELAY`, which Linux passes on to every accepted
+/// socket: without it each separately written piece of a response waits for the client's
+/// delayed ACK.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: borrows the listener's descriptor without taking ownership (never closed here);
+    // setsockopt(TCP_NODELAY) is valid on a listening TCP socket.
+    let view = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(listener.as_raw_fd()) });
+    view.set_nodelay(true)?;
+    Ok(listener)
+}
+
+pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let http = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| io::Error::other(e.to_string()))?,
+    );
+    let tick = (app.config.request_read_timeout / 4)
+        .clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let reaper = Reaper::start(addr.port(), tick);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let workers = (0..app.config.workers)
+        .map(|i| {
+            let (app, http, reaper, stopping) =
+                (app.clone(), http.clone(), reaper.clone(), stopping.clone());
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(&app, &http, &reaper, &stopping))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(Running {
+        http,
+        workers,
+        reaper,
+        stopping,
+        addr,
+    })
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the workers once each has finished the request in hand.
+    pub fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Each `unblock` wakes exactly one worker waiting in `recv`.
+        for _ in &self.workers {
+            self.http.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+        self.reaper.stop();
+    }
+
+    /// Blocks for as long as the workers run.
+    pub fn wait(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &AtomicBool) {
+    loop {
+        match http.recv() {
+            Ok(rq) => serve(app, reaper, rq),
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                // tiny_http's accept loop ends for good on its first error: nothing will
+                // arrive any more, so exit and let the supervisor start a fresh process.
+                crate::error!("the listener failed ({e}); exiting so the service can be restarted");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
+    let started = Instant::now();
+    let method = rq.method().as_str().to_ascii_uppercase();
+    let (path, query) = split_url(rq.url());
+    let peer = rq.remote_addr().copied();
+    let watch = reaper.watch(peer, app.config.request_read_timeout);
+
+    let status = match prepare(app, &mut rq, &method, &path, query, &watch) {
+        Ok((endpoint, who, req)) => {
+            drop(watch);
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                routes::dispatch(app, &endpoint, who, &req)
+            }));
+            let reply = match outcome {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => error_reply(&method, &path, &e),
+                Err(_) => error_reply(
+                    &method,
+                    &path,
+                    &ApiError::Internal("handler panicked".into()),
+                ),
+            };
+            let status = reply.status;
+            send(rq, reply);
+            status
+        }
+        Err(e) => {
+            let body_unread = matches!(
+                e,
+                ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout
+            );
+            let reply = error_reply(&method, &path, &e);
+            let reply = if body_unread {
+                reply.with_header("Connection", "close")
+            } else {
+                reply
+            };
+            if matches!(e, ApiError::PayloadTooLarge { .. }) {
+                // Reading on would only fetch bytes we refuse; cut it off instead.
+                reaper.cut(peer);
+            }
+            let status = reply.status;
+            // Dropping the request drains an unread body; `watch` still bounds that.
+            send(rq, reply);
+            drop(watch);
+            status
+        }
+    };
+    crate::info!(
+        "{method} {path} {status} {:.1}ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
+    if e.status() >= 500 {
+        crate::error!("{method} {path}: {e}");
+    }
+    Reply::error(e)
+}
+
+/// Everything before the handler: route, key, body.
+fn prepare(
+    app: &App,
+    rq: &mut Request,
+    method: &str,
+    path: &str,
+    query: Vec<(String, String)>,
+    watch: &Watch,
+) -> Result<(Endpoint, auth::Principal, Req), ApiError> {
+    let endpoint = routes::resolve(method, path)?;
+    let headers: Vec<(String, String)> = rq
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
+        .collect();
+    let authorization = headers
+        .iter()
+        .find(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.as_str());
+    let who = auth::authorize(&app.config, endpoint.access(), authorization)?;
+    let body = if endpoint.takes_body() {
+        let declared = rq.body_length();
+        read_body(rq.as_reader(), declared, app.config.max_body_bytes, &|| {
+            watch.fired()
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok((
+        endpoint,
+        who,
+        Req {
+            method: method.to_string(),
+            path: path.to_string(),
+            query,
+            headers,
+            body,
+        },
+    ))
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+/// Writes the reply; a client that went away is not an error worth more than a debug line.
+fn send(rq: Request, reply: Reply) {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let result = match body {
+        Body::Stream(write) => send_stream(rq, status, &headers, write),
+        Body::Empty => {
+            let mut response = Response::empty(status);
+            for (n, v) in &headers {
+                if let Some(h) = header(n, v) {
+                    response.add_header(h);
+                }
+            }
+            rq.respond(response)
+        }
+        Body::Bytes { data, content_type } => {
+            let mut response = Response::from_data(data).with_status_code(status);
+            response.add_header(header("Content-Type", content_type).expect("valid header"));
+            for (n, v) in &headers {
+                if let Some(h) = header(n, v) {
+                    response.add_header(h);
+                }
+            }
+            rq.respond(response)
+        }
+    };
+    if let Err(e) = result {
+        crate::debug!("response not delivered: {e}");
+    }
+}
+
+/// A streamed answer is written by hand: tiny_http buffers a reader-backed body into 8 KiB
+/// chunks, which would hold server-sent events back. Each write becomes one HTTP chunk.
+fn send_stream(
+    rq: Request,
+    status: u16,
+    headers: &[(String, String)],
+    write: crate::http::StreamFn,
+) -> io::Result<()> {
+    let http10 = rq.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let mut out = rq.into_writer();
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n",
+        reason(status)
+    );
+    if http10 {
+        head.push_str("Connection: close\r\n");
+    } else {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    }
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.flush()?;
+    if http10 {
+        write(&mut out)?;
+        out.flush()
+    } else {
+        let mut chunked = Chunked { inner: &mut out };
+        write(&mut chunked)?;
+        out.write_all(b"0\r\n\r\n")?;
+        out.flush()
+    }
+}
+
+struct Chunked<'a, W: Write + ?Sized> {
+    inner: &'a mut W,
+}
+
+impl<W: Write + ?Sized> Write for Chunked<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut frame = Vec::with_capacity(buf.len() + 12);
+        frame.extend_from_slice(format!("{:x}\r\n", buf.len()).as_bytes());
+        frame.extend_from_slice(buf);
+        frame.extend_from_slice(b"\r\n");
+        self.inner.write_all(&frame)?;
+        self.inner.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}

@@ -1,0 +1,56 @@
+//! Putting the pieces together: database, migrations, listener, workers.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::db;
+use crate::migrate;
+use crate::server::{self, Running};
+
+/// How long startup waits for the database to accept connections.
+const DB_WAIT: Duration = Duration::from_secs(30);
+
+/// Connects (waiting for the database to come up) and applies pending migrations.
+pub fn migrate(config: &Config) -> Result<Vec<&'static str>, String> {
+    let pg = db::parse_url(&config.database_url)?;
+    let deadline = Instant::now() + DB_WAIT;
+    let mut client = loop {
+        match pg.connect(postgres::NoTls) {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                crate::warn!("database not reachable yet ({e}); retrying");
+                thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot connect to the database (DATABASE_URL): {e}"
+                ))
+            }
+        }
+    };
+    migrate::run(&mut client).map_err(|e| e.to_string())
+}
+
+/// Migrates, binds and starts the workers.
+pub fn start(config: Config) -> Result<Running, String> {
+    for name in migrate(&config)? {
+        crate::info!("applied migration {name}");
+    }
+    let pg = db::parse_url(&config.database_url)?;
+    let pool = db::pool(pg, config.db_pool_size);
+    let listen = config.listen_addr();
+    let listener =
+        server::bind(&listen).map_err(|e| format!("cannot listen on {listen} (HOST/PORT): {e}"))?;
+    let workers = config.workers;
+    let app = Arc::new(App::new(config, pool));
+    let running = server::start(app, listener).map_err(|e| format!("cannot start: {e}"))?;
+    crate::info!(
+        "switcher-api {} listening on http://{} with {workers} workers",
+        env!("CARGO_PKG_VERSION"),
+        running.addr()
+    );
+    Ok(running)
+}
