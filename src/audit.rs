@@ -1,0 +1,128 @@
+//! The audit trail: one row per switch and one per proxied request, never any prompt text.
+
+use postgres::GenericClient;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::hex;
+use crate::error::ApiError;
+use crate::usage::Usage;
+
+/// One side of a switch.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub profile_name: String,
+    pub provider_type: String,
+    pub model_name: String,
+}
+
+pub fn record_switch(
+    c: &mut impl GenericClient,
+    agent_id: &str,
+    from: Option<&Target>,
+    to: &Target,
+) -> Result<(), ApiError> {
+    c.execute(
+        "INSERT INTO audit_switches (agent_id, from_profile_name, from_provider_type,
+             from_model_name, to_profile_name, to_provider_type, to_model_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &agent_id,
+            &from.map(|f| &f.profile_name),
+            &from.map(|f| &f.provider_type),
+            &from.map(|f| &f.model_name),
+            &to.profile_name,
+            &to.provider_type,
+            &to.model_name,
+        ],
+    )?;
+    Ok(())
+}
+
+/// One proxied request, as it ended.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord {
+    pub agent_id: String,
+    pub target: Option<Target>,
+    pub stream: bool,
+    pub status: u16,
+    pub latency_ms: i32,
+    pub usage: Option<Usage>,
+    pub prompt_sha256: Option<String>,
+    /// A short, client-safe description of a failure; never prompt or answer text.
+    pub error: Option<String>,
+}
+
+pub fn record_request(c: &mut impl GenericClient, r: &RequestRecord) -> Result<(), ApiError> {
+    let t = r.target.as_ref();
+    let usage = |f: fn(&Usage) -> i64| r.usage.as_ref().map(|u| f(u).min(i32::MAX as i64) as i32);
+    c.execute(
+        "INSERT INTO audit_requests (agent_id, profile_name, provider_type, model_name, stream,
+             status, latency_ms, prompt_tokens, completion_tokens, total_tokens, prompt_sha256,
+             error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &r.agent_id,
+            &t.map(|t| &t.profile_name),
+            &t.map(|t| &t.provider_type),
+            &t.map(|t| &t.model_name),
+            &r.stream,
+            &(r.status as i32),
+            &r.latency_ms,
+            &usage(|u| u.prompt_tokens),
+            &usage(|u| u.completion_tokens),
+            &usage(Usage::total_tokens),
+            &r.prompt_sha256,
+            &r.error,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Hex SHA-256 of the `prompt` field (or nothing) followed by the compact JSON of `messages`
+/// with object keys sorted, as the contract defines it.
+///
+/// serde_json's `Value` keeps object keys in a sorted map (the `preserve_order` feature is
+/// off), so `to_string` already gives Python's `sort_keys=True, separators=(",", ":")`; its
+/// output is not ASCII-escaped, like `ensure_ascii=False`.
+pub fn prompt_sha256(request: &Value) -> String {
+    let mut hasher = Sha256::new();
+    if let Some(prompt) = request.get("prompt") {
+        match prompt {
+            Value::String(s) => hasher.update(s.as_bytes()),
+            Value::Null => {}
+            other => hasher.update(other.to_string().as_bytes()),
+        }
+    }
+    if let Some(messages) = request.get("messages") {
+        hasher.update(messages.to_string().as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prompt_hash_uses_sorted_compact_messages() {
+        let body: Value = serde_json::from_str(
+            r#"{"model":"x","messages":[{"role":"user","content":"héllo \"q\""}]}"#,
+        )
+        .unwrap();
+        // python3 -c 'import json,hashlib;m=[{"role":"user","content":"héllo \"q\""}];
+        //   print(hashlib.sha256(json.dumps(m,separators=(",",":"),sort_keys=True,
+        //   ensure_ascii=False).encode()).hexdigest())'
+        let expected =
+            crate::crypto::sha256_hex(r#"[{"content":"héllo \"q\"","role":"user"}]"#.as_bytes());
+        assert_eq!(prompt_sha256(&body), expected);
+    }
+
+    #[test]
+    fn the_prompt_field_comes_before_the_messages() {
+        let body = json!({"prompt": "abc", "messages": []});
+        assert_eq!(prompt_sha256(&body), crate::crypto::sha256_hex(b"abc[]"));
+        assert_eq!(prompt_sha256(&json!({})), crate::crypto::sha256_hex(b""));
+    }
+}

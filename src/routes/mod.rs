@@ -1,0 +1,128 @@
+//! The route table: which handler serves a method and path, and who may call it.
+
+pub mod agents;
+pub mod health;
+pub mod models;
+pub mod profiles;
+
+use crate::app::App;
+use crate::auth::{Access, Principal};
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+
+/// Every endpoint of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Healthz,
+    ListProfiles,
+    CreateProfile,
+    UpdateProfile(String),
+    DeleteProfile(String),
+    UpsertModel,
+    ListModels,
+    Switch,
+    Active,
+}
+
+impl Endpoint {
+    pub fn access(&self) -> Access {
+        match self {
+            Endpoint::Healthz => Access::Public,
+            Endpoint::ListProfiles
+            | Endpoint::CreateProfile
+            | Endpoint::UpdateProfile(_)
+            | Endpoint::DeleteProfile(_)
+            | Endpoint::UpsertModel => Access::Admin,
+            Endpoint::ListModels | Endpoint::Switch | Endpoint::Active => Access::Agent,
+        }
+    }
+
+    /// Whether the handler reads a request body.
+    pub fn takes_body(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::CreateProfile
+                | Endpoint::UpdateProfile(_)
+                | Endpoint::UpsertModel
+                | Endpoint::Switch
+        )
+    }
+}
+
+/// Resolves a method and path: 404 for an unknown path, 405 for a known one with the wrong method.
+pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+    let trimmed = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+    let not_allowed = |allow| Err(ApiError::MethodNotAllowed { allow });
+    match (segments.as_slice(), method) {
+        (["healthz"], "GET") => Ok(Endpoint::Healthz),
+        (["healthz"], _) => not_allowed("GET"),
+
+        (["admin", "profiles"], "GET") => Ok(Endpoint::ListProfiles),
+        (["admin", "profiles"], "POST") => Ok(Endpoint::CreateProfile),
+        (["admin", "profiles"], _) => not_allowed("GET, POST"),
+        (["admin", "profiles", id], "PATCH") => Ok(Endpoint::UpdateProfile(id.to_string())),
+        (["admin", "profiles", id], "DELETE") => Ok(Endpoint::DeleteProfile(id.to_string())),
+        (["admin", "profiles", _], _) => not_allowed("PATCH, DELETE"),
+        (["admin", "models"], "POST") => Ok(Endpoint::UpsertModel),
+        (["admin", "models"], _) => not_allowed("POST"),
+
+        (["api", "models"], "GET") => Ok(Endpoint::ListModels),
+        (["api", "models"], _) => not_allowed("GET"),
+        (["api", "switch"], "POST") => Ok(Endpoint::Switch),
+        (["api", "switch"], _) => not_allowed("POST"),
+        (["api", "active"], "GET") => Ok(Endpoint::Active),
+        (["api", "active"], _) => not_allowed("GET"),
+
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    }
+}
+
+pub fn dispatch(
+    app: &App,
+    endpoint: &Endpoint,
+    _who: Principal,
+    req: &Req,
+) -> Result<Reply, ApiError> {
+    match endpoint {
+        Endpoint::Healthz => health::healthz(app),
+        Endpoint::ListProfiles => profiles::list(app),
+        Endpoint::CreateProfile => profiles::create(app, req),
+        Endpoint::UpdateProfile(id) => profiles::update(app, id, req),
+        Endpoint::DeleteProfile(id) => profiles::delete(app, id),
+        Endpoint::UpsertModel => models::upsert(app, req),
+        Endpoint::ListModels => models::list(app, req),
+        Endpoint::Switch => agents::switch(app, req),
+        Endpoint::Active => agents::active(app, req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_endpoints() {
+        assert_eq!(resolve("GET", "/healthz").unwrap(), Endpoint::Healthz);
+        assert_eq!(
+            resolve("PATCH", "/admin/profiles/7").unwrap(),
+            Endpoint::UpdateProfile("7".into())
+        );
+        assert_eq!(
+            resolve("GET", "/admin/profiles/").unwrap(),
+            Endpoint::ListProfiles
+        );
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        assert_eq!(resolve("GET", "/nope").unwrap_err().status(), 404);
+        assert_eq!(resolve("GET", "/").unwrap_err().status(), 404);
+        assert_eq!(resolve("DELETE", "/api/switch").unwrap_err().status(), 405);
+        assert_eq!(resolve("PUT", "/admin/profiles").unwrap_err().status(), 405);
+    }
+}

@@ -1,0 +1,59 @@
+//! `POST /admin/models` and `GET /api/models`: the models a profile offers.
+
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use crate::input::{check_model_name, Fields};
+use crate::store::{self, ModelChanges};
+
+pub fn profile_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("profile '{name}' not found"))
+}
+
+/// Upsert on (profile, model_name): fields that are left out keep their stored values
+/// (or take the defaults on creation).
+pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
+    let body = req.json_object()?;
+    let f = Fields(&body);
+    let profile_name = f.str("profile_name")?;
+    let model_name = f.str("model_name")?;
+    check_model_name(model_name)?;
+    let changes = ModelChanges {
+        enabled: f.opt_bool("enabled")?,
+        tags: f.opt_str_list("tags")?,
+        max_tokens: if f.has("max_tokens") {
+            Some(f.opt_positive_int("max_tokens")?)
+        } else {
+            None
+        },
+        drop_params: f.opt_str_list("drop_params")?,
+    };
+
+    let mut conn = app.conn()?;
+    let mut tx = conn.transaction()?;
+    let profile = store::find_profile_by_name(&mut tx, profile_name)?
+        .ok_or_else(|| profile_not_found(profile_name))?;
+    let (model, created) = store::upsert_model(&mut tx, profile.id, model_name, &changes)?;
+    tx.commit()?;
+    Ok(Reply::json(
+        if created { 201 } else { 200 },
+        &model.to_json(),
+    ))
+}
+
+pub fn list(app: &App, req: &Req) -> Result<Reply, ApiError> {
+    let mut conn = app.conn()?;
+    let profile_id = match req.query("profile") {
+        None => None,
+        Some(name) => Some(
+            store::find_profile_by_name(&mut *conn, name)?
+                .ok_or_else(|| profile_not_found(name))?
+                .id,
+        ),
+    };
+    let models = store::list_models(&mut *conn, profile_id, false)?;
+    let data: Vec<Value> = models.iter().map(store::Model::to_json).collect();
+    Ok(Reply::ok(&json!({ "data": data })))
+}

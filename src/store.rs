@@ -1,0 +1,375 @@
+//! SQL for profiles, models and agent state. Functions take any client, so they work alone
+//! or inside a transaction.
+
+use postgres::{GenericClient, Row};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::iso;
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub id: i64,
+    pub profile_name: String,
+    pub provider_type: String,
+    pub base_url: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Profile {
+    const COLUMNS: &'static str = concat!(
+        "p.id, p.profile_name, p.provider_type, p.base_url, ",
+        iso!("p.created_at"),
+        ", ",
+        iso!("p.updated_at")
+    );
+
+    fn from_row(row: &Row) -> Profile {
+        Profile {
+            id: row.get(0),
+            profile_name: row.get(1),
+            provider_type: row.get(2),
+            base_url: row.get(3),
+            created_at: row.get(4),
+            updated_at: row.get(5),
+        }
+    }
+
+    /// The public shape: never the credentials, not even encrypted.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "profile_name": self.profile_name,
+            "provider_type": self.provider_type,
+            "base_url": self.base_url,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: i64,
+    pub profile_name: String,
+    pub model_name: String,
+    pub enabled: bool,
+    pub tags: Vec<String>,
+    pub max_tokens: Option<i32>,
+    pub drop_params: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Model {
+    const COLUMNS: &'static str = concat!(
+        "m.id, p.profile_name, m.model_name, m.enabled, m.tags, m.max_tokens, m.drop_params, ",
+        iso!("m.created_at"),
+        ", ",
+        iso!("m.updated_at")
+    );
+
+    fn from_row(row: &Row) -> Model {
+        Model {
+            id: row.get(0),
+            profile_name: row.get(1),
+            model_name: row.get(2),
+            enabled: row.get(3),
+            tags: row.get(4),
+            max_tokens: row.get(5),
+            drop_params: row.get(6),
+            created_at: row.get(7),
+            updated_at: row.get(8),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "profile_name": self.profile_name,
+            "model_name": self.model_name,
+            "enabled": self.enabled,
+            "tags": self.tags,
+            "max_tokens": self.max_tokens,
+            "drop_params": self.drop_params,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// The id the next profile will get, so its credentials can be bound to it before the insert.
+pub fn next_profile_id(c: &mut impl GenericClient) -> Result<i64, ApiError> {
+    let row = c.query_one(
+        "SELECT nextval(pg_get_serial_sequence('profiles', 'id'))",
+        &[],
+    )?;
+    Ok(row.get(0))
+}
+
+pub fn insert_profile(
+    c: &mut impl GenericClient,
+    id: i64,
+    name: &str,
+    provider_type: &str,
+    base_url: &str,
+    credentials_enc: &[u8],
+) -> Result<Profile, ApiError> {
+    let sql = format!(
+        "INSERT INTO profiles AS p (id, profile_name, provider_type, base_url, credentials_enc)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {}",
+        Profile::COLUMNS
+    );
+    let row = c
+        .query_one(
+            &sql,
+            &[&id, &name, &provider_type, &base_url, &credentials_enc],
+        )
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::Conflict(_) => {
+                ApiError::Conflict(format!("profile_name '{name}' already exists"))
+            }
+            other => other,
+        })?;
+    Ok(Profile::from_row(&row))
+}
+
+pub fn list_profiles(c: &mut impl GenericClient) -> Result<Vec<Profile>, ApiError> {
+    let sql = format!("SELECT {} FROM profiles p ORDER BY p.id", Profile::COLUMNS);
+    Ok(c.query(&sql, &[])?.iter().map(Profile::from_row).collect())
+}
+
+/// A profile by id, locked for update when `for_update` (inside a transaction).
+pub fn find_profile(
+    c: &mut impl GenericClient,
+    id: i64,
+    for_update: bool,
+) -> Result<Option<Profile>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM profiles p WHERE p.id = $1{}",
+        Profile::COLUMNS,
+        if for_update { " FOR UPDATE" } else { "" }
+    );
+    Ok(c.query_opt(&sql, &[&id])?.as_ref().map(Profile::from_row))
+}
+
+pub fn find_profile_by_name(
+    c: &mut impl GenericClient,
+    name: &str,
+) -> Result<Option<Profile>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM profiles p WHERE p.profile_name = $1",
+        Profile::COLUMNS
+    );
+    Ok(c.query_opt(&sql, &[&name])?.as_ref().map(Profile::from_row))
+}
+
+/// The sealed credentials of a profile.
+pub fn profile_credentials(c: &mut impl GenericClient, id: i64) -> Result<Vec<u8>, ApiError> {
+    let row = c.query_one("SELECT credentials_enc FROM profiles WHERE id = $1", &[&id])?;
+    Ok(row.get(0))
+}
+
+pub fn update_profile(
+    c: &mut impl GenericClient,
+    id: i64,
+    base_url: Option<&str>,
+    credentials_enc: Option<&[u8]>,
+) -> Result<Profile, ApiError> {
+    let sql = format!(
+        "UPDATE profiles AS p SET
+             base_url = COALESCE($2, p.base_url),
+             credentials_enc = COALESCE($3, p.credentials_enc),
+             updated_at = now()
+         WHERE p.id = $1 RETURNING {}",
+        Profile::COLUMNS
+    );
+    let row = c.query_one(&sql, &[&id, &base_url, &credentials_enc])?;
+    Ok(Profile::from_row(&row))
+}
+
+/// Deletes a profile and its models unless an agent points at it; false when it is unknown.
+pub fn delete_profile(c: &mut impl GenericClient, id: i64) -> Result<bool, ApiError> {
+    let in_use: i64 = c
+        .query_one(
+            "SELECT count(*) FROM agent_state WHERE profile_id = $1",
+            &[&id],
+        )?
+        .get(0);
+    if in_use > 0 {
+        return Err(ApiError::Conflict(format!(
+            "profile is the active profile of {in_use} agent(s); switch them elsewhere first"
+        )));
+    }
+    let deleted = c
+        .execute("DELETE FROM profiles WHERE id = $1", &[&id])
+        .map_err(|e| match ApiError::from(e) {
+            // An agent switched to it between the check and the delete.
+            ApiError::Conflict(_) => ApiError::Conflict(
+                "profile is the active profile of an agent; switch it elsewhere first".into(),
+            ),
+            other => other,
+        })?;
+    Ok(deleted == 1)
+}
+
+/// What `POST /admin/models` may set; `None` keeps the stored value (or the default).
+#[derive(Debug, Default)]
+pub struct ModelChanges {
+    pub enabled: Option<bool>,
+    pub tags: Option<Vec<String>>,
+    /// `Some(None)` clears the cap.
+    pub max_tokens: Option<Option<i32>>,
+    pub drop_params: Option<Vec<String>>,
+}
+
+/// Inserts or updates (profile, model_name); returns the model and whether it was created.
+pub fn upsert_model(
+    c: &mut impl GenericClient,
+    profile_id: i64,
+    model_name: &str,
+    changes: &ModelChanges,
+) -> Result<(Model, bool), ApiError> {
+    // `xmax = 0` is true only for a row this statement inserted.
+    let sql = format!(
+        "WITH m AS (
+             INSERT INTO models (profile_id, model_name, enabled, tags, max_tokens, drop_params)
+             VALUES ($1, $2, COALESCE($3, true), COALESCE($4, '{{}}'::text[]), $5,
+                     COALESCE($6, '{{}}'::text[]))
+             ON CONFLICT (profile_id, model_name) DO UPDATE SET
+                 enabled = COALESCE($3, models.enabled),
+                 tags = COALESCE($4, models.tags),
+                 max_tokens = CASE WHEN $7 THEN $5 ELSE models.max_tokens END,
+                 drop_params = COALESCE($6, models.drop_params),
+                 updated_at = now()
+             RETURNING *, (xmax = 0) AS inserted
+         )
+         SELECT {}, m.inserted FROM m JOIN profiles p ON p.id = m.profile_id",
+        Model::COLUMNS
+    );
+    let max_tokens = changes.max_tokens.flatten();
+    let set_max_tokens = changes.max_tokens.is_some();
+    let row = c.query_one(
+        &sql,
+        &[
+            &profile_id,
+            &model_name,
+            &changes.enabled,
+            &changes.tags,
+            &max_tokens,
+            &changes.drop_params,
+            &set_max_tokens,
+        ],
+    )?;
+    Ok((Model::from_row(&row), row.get(9)))
+}
+
+/// Models of one profile, or of all when `profile_id` is `None`.
+pub fn list_models(
+    c: &mut impl GenericClient,
+    profile_id: Option<i64>,
+    enabled_only: bool,
+) -> Result<Vec<Model>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM models m JOIN profiles p ON p.id = m.profile_id
+         WHERE ($1::bigint IS NULL OR m.profile_id = $1) AND (m.enabled OR NOT $2)
+         ORDER BY p.profile_name, m.model_name",
+        Model::COLUMNS
+    );
+    Ok(c.query(&sql, &[&profile_id, &enabled_only])?
+        .iter()
+        .map(Model::from_row)
+        .collect())
+}
+
+pub fn find_model(
+    c: &mut impl GenericClient,
+    profile_id: i64,
+    model_name: &str,
+) -> Result<Option<Model>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM models m JOIN profiles p ON p.id = m.profile_id
+         WHERE m.profile_id = $1 AND m.model_name = $2",
+        Model::COLUMNS
+    );
+    Ok(c.query_opt(&sql, &[&profile_id, &model_name])?
+        .as_ref()
+        .map(Model::from_row))
+}
+
+/// What an agent is switched to.
+#[derive(Debug, Clone)]
+pub struct ActiveState {
+    pub agent_id: String,
+    pub profile_id: i64,
+    pub profile_name: String,
+    pub provider_type: String,
+    pub base_url: String,
+    pub model_name: String,
+    pub max_tokens: Option<i32>,
+    pub drop_params: Vec<String>,
+    pub updated_at: String,
+}
+
+impl ActiveState {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "agent_id": self.agent_id,
+            "profile_name": self.profile_name,
+            "provider_type": self.provider_type,
+            "model_name": self.model_name,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+pub fn active_state(
+    c: &mut impl GenericClient,
+    agent_id: &str,
+) -> Result<Option<ActiveState>, ApiError> {
+    let sql = concat!(
+        "SELECT s.agent_id, p.id, p.profile_name, p.provider_type, p.base_url, m.model_name, ",
+        "m.max_tokens, m.drop_params, ",
+        iso!("s.updated_at"),
+        " FROM agent_state s JOIN profiles p ON p.id = s.profile_id ",
+        "JOIN models m ON m.id = s.model_id WHERE s.agent_id = $1"
+    );
+    Ok(c.query_opt(sql, &[&agent_id])?.map(|row| ActiveState {
+        agent_id: row.get(0),
+        profile_id: row.get(1),
+        profile_name: row.get(2),
+        provider_type: row.get(3),
+        base_url: row.get(4),
+        model_name: row.get(5),
+        max_tokens: row.get(6),
+        drop_params: row.get(7),
+        updated_at: row.get(8),
+    }))
+}
+
+/// Points the agent at the model; returns the switch time.
+pub fn set_agent_state(
+    c: &mut impl GenericClient,
+    agent_id: &str,
+    profile_id: i64,
+    model_id: i64,
+) -> Result<String, ApiError> {
+    let sql = concat!(
+        "INSERT INTO agent_state AS s (agent_id, profile_id, model_id) VALUES ($1, $2, $3) ",
+        "ON CONFLICT (agent_id) DO UPDATE SET profile_id = $2, model_id = $3, updated_at = now() ",
+        "RETURNING ",
+        iso!("s.updated_at")
+    );
+    Ok(c.query_one(sql, &[&agent_id, &profile_id, &model_id])?
+        .get(0))
+}
+
+/// Takes the per-agent lock that serializes switches of one agent until the transaction ends.
+pub fn lock_agent(c: &mut impl GenericClient, agent_id: &str) -> Result<(), ApiError> {
+    c.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('agent_state:' || $1, 0))",
+        &[&agent_id],
+    )?;
+    Ok(())
+}
