@@ -4,17 +4,25 @@ use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::db::{Conn, Pool};
 use crate::error::ApiError;
+use crate::upstream::Upstream;
 
 pub struct App {
     pub config: Config,
     pub db: Pool,
     pub cipher: Cipher,
+    pub upstream: Upstream,
 }
 
 impl App {
     pub fn new(config: Config, db: Pool) -> App {
         let cipher = Cipher::new(&config.kms_key);
-        App { config, db, cipher }
+        let upstream = Upstream::new(config.upstream_timeout, config.workers);
+        App {
+            config,
+            db,
+            cipher,
+            upstream,
+        }
     }
 
     /// One pooled connection; a 503 when the database cannot be reached.
