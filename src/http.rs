@@ -104,11 +104,15 @@ pub enum Body {
     Stream(StreamFn),
 }
 
+/// Work to do once the reply is on its way (an audit row), so the client does not wait.
+pub type AfterFn = Box<dyn FnOnce() + Send>;
+
 /// What a handler answers.
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Body,
+    pub after: Option<AfterFn>,
 }
 
 impl Reply {
@@ -116,6 +120,7 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
+            after: None,
             body: Body::Bytes {
                 data: serde_json::to_vec(value).unwrap_or_default(),
                 content_type: "application/json",
@@ -128,6 +133,7 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
+            after: None,
             body: Body::Bytes {
                 data,
                 content_type: "application/json",
@@ -155,8 +161,14 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
+            after: None,
             body: Body::Stream(write),
         }
+    }
+
+    pub fn after(mut self, work: impl FnOnce() + Send + 'static) -> Reply {
+        self.after = Some(Box::new(work));
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -197,6 +209,19 @@ pub fn read_body(
         ));
     }
     Ok(body)
+}
+
+/// Encodes everything but unreserved characters, for a query value.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,4 +21,5 @@ pub mod server;
 pub mod sse;
 pub mod startup;
 pub mod store;
+pub mod upstream;
 pub mod usage;

@@ -227,6 +227,7 @@ fn send(rq: Request, reply: Reply) {
         status,
         headers,
         body,
+        after,
     } = reply;
     let result = match body {
         Body::Stream(write) => send_stream(rq, status, &headers, write),
@@ -252,6 +253,9 @@ fn send(rq: Request, reply: Reply) {
     };
     if let Err(e) = result {
         crate::debug!("response not delivered: {e}");
+    }
+    if let Some(after) = after {
+        after();
     }
 }
 

@@ -4,6 +4,8 @@ pub mod agents;
 pub mod health;
 pub mod models;
 pub mod profiles;
+pub mod proxy;
+pub mod sync;
 
 use crate::app::App;
 use crate::auth::{Access, Principal};
@@ -18,20 +20,25 @@ pub enum Endpoint {
     CreateProfile,
     UpdateProfile(String),
     DeleteProfile(String),
+    SyncModels(String),
     UpsertModel,
     ListModels,
     Switch,
     Active,
+    V1Models,
+    ChatCompletions,
 }
 
 impl Endpoint {
     pub fn access(&self) -> Access {
         match self {
-            Endpoint::Healthz => Access::Public,
+            // The proxy authorizes inside its handler, so that refusals are audited too.
+            Endpoint::Healthz | Endpoint::V1Models | Endpoint::ChatCompletions => Access::Public,
             Endpoint::ListProfiles
             | Endpoint::CreateProfile
             | Endpoint::UpdateProfile(_)
             | Endpoint::DeleteProfile(_)
+            | Endpoint::SyncModels(_)
             | Endpoint::UpsertModel => Access::Admin,
             Endpoint::ListModels | Endpoint::Switch | Endpoint::Active => Access::Agent,
         }
@@ -45,6 +52,7 @@ impl Endpoint {
                 | Endpoint::UpdateProfile(_)
                 | Endpoint::UpsertModel
                 | Endpoint::Switch
+                | Endpoint::ChatCompletions
         )
     }
 }
@@ -68,6 +76,10 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["admin", "profiles", id], "PATCH") => Ok(Endpoint::UpdateProfile(id.to_string())),
         (["admin", "profiles", id], "DELETE") => Ok(Endpoint::DeleteProfile(id.to_string())),
         (["admin", "profiles", _], _) => not_allowed("PATCH, DELETE"),
+        (["admin", "profiles", id, "sync-models"], "POST") => {
+            Ok(Endpoint::SyncModels(id.to_string()))
+        }
+        (["admin", "profiles", _, "sync-models"], _) => not_allowed("POST"),
         (["admin", "models"], "POST") => Ok(Endpoint::UpsertModel),
         (["admin", "models"], _) => not_allowed("POST"),
 
@@ -77,6 +89,11 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["api", "switch"], _) => not_allowed("POST"),
         (["api", "active"], "GET") => Ok(Endpoint::Active),
         (["api", "active"], _) => not_allowed("GET"),
+
+        (["v1", "models"], "GET") => Ok(Endpoint::V1Models),
+        (["v1", "models"], _) => not_allowed("GET"),
+        (["v1", "chat", "completions"], "POST") => Ok(Endpoint::ChatCompletions),
+        (["v1", "chat", "completions"], _) => not_allowed("POST"),
 
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     }
@@ -98,6 +115,9 @@ pub fn dispatch(
         Endpoint::ListModels => models::list(app, req),
         Endpoint::Switch => agents::switch(app, req),
         Endpoint::Active => agents::active(app, req),
+        Endpoint::SyncModels(id) => sync::sync_models(app, id),
+        Endpoint::V1Models => proxy::list_models(app),
+        Endpoint::ChatCompletions => proxy::chat_completions(app, req),
     }
 }
 

@@ -1,0 +1,519 @@
+//! `/v1/*`: the OpenAI-compatible endpoint agents call, relayed to their active model.
+
+use std::io::{Read, Write};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::anthropic;
+use crate::anthropic_stream;
+use crate::app::App;
+use crate::audit::{self, RequestRecord, Target};
+use crate::auth::{self, Access};
+use crate::db::Pool;
+use crate::error::ApiError;
+use crate::http::{Reply, Req};
+use crate::input::check_agent_id;
+use crate::routes::agents::NO_ACTIVE_MODEL;
+use crate::sse;
+use crate::store::{self, ActiveState};
+use crate::upstream::{Answer, Streaming};
+use crate::usage::Usage;
+
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Fields a model's `drop_params` can never remove: the proxy itself depends on them.
+const PROTECTED_FIELDS: [&str; 3] = ["model", "messages", "stream"];
+
+/// `GET /v1/models`: enabled models of every profile, as `PROFILE::model`.
+pub fn list_models(app: &App) -> Result<Reply, ApiError> {
+    let models = store::enabled_model_ids(&mut *app.conn()?)?;
+    let data: Vec<Value> = models
+        .into_iter()
+        .map(|(profile, model, created)| {
+            json!({
+                "id": format!("{profile}::{model}"),
+                "object": "model",
+                "created": created,
+                "owned_by": profile,
+            })
+        })
+        .collect();
+    Ok(Reply::ok(&json!({"object": "list", "data": data})))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn elapsed_ms(started: Instant) -> i32 {
+    started.elapsed().as_millis().min(i32::MAX as u128) as i32
+}
+
+/// Writes one audit row; a failure is logged, never shown to the agent (it has its answer).
+fn write_audit(db: &Pool, record: &RequestRecord) {
+    let result = db
+        .get()
+        .map_err(ApiError::from)
+        .and_then(|mut c| audit::record_request(&mut *c, record));
+    if let Err(e) = result {
+        crate::error!(
+            "audit row for agent request could not be written (status {}): {e}",
+            record.status
+        );
+    }
+}
+
+/// `POST /v1/chat/completions`. Every outcome, success or failure, leaves one audit row.
+pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
+    let started = Instant::now();
+    let agent_id = req
+        .header("x-agent-id")
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    if let Err(e) = check_agent_id(&agent_id) {
+        // Not a usable agent id, so there is nothing to attribute an audit row to.
+        return Err(ApiError::bad_request(format!(
+            "header x-agent-id: {}",
+            e.message()
+        )));
+    }
+    let mut record = RequestRecord {
+        agent_id,
+        ..RequestRecord::default()
+    };
+    let result = proxy(app, req, &mut record, started);
+    let reply = match result {
+        Ok(Relay::Streamed(reply)) => return Ok(reply),
+        Ok(Relay::Answered(reply)) => reply,
+        Err(e) => {
+            if e.status() >= 500 {
+                crate::error!("POST /v1/chat/completions: {e}");
+            }
+            record.error = Some(e.message());
+            Reply::error(&e)
+        }
+    };
+    record.status = reply.status;
+    record.latency_ms = elapsed_ms(started);
+    let reply = with_target_headers(reply, record.target.as_ref());
+    let db = app.db.clone();
+    Ok(reply.after(move || write_audit(&db, &record)))
+}
+
+fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
+    match target {
+        Some(t) => reply
+            .with_header("x-switcher-profile", &t.profile_name)
+            .with_header("x-switcher-model", &t.model_name),
+        None => reply,
+    }
+}
+
+enum Relay {
+    /// A complete answer; the caller writes the audit row.
+    Answered(Reply),
+    /// A stream that writes its own audit row when it ends.
+    Streamed(Reply),
+}
+
+fn proxy(
+    app: &App,
+    req: &Req,
+    record: &mut RequestRecord,
+    started: Instant,
+) -> Result<Relay, ApiError> {
+    auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
+    let body = req.json_object()?;
+    record.prompt_sha256 = Some(audit::prompt_sha256(&Value::Object(body.clone())));
+    let stream = body.get("stream") == Some(&Value::Bool(true));
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        == Some(&Value::Bool(true));
+    record.stream = stream;
+
+    let (state, sealed) = {
+        let mut conn = app.conn()?;
+        store::route_for_agent(&mut *conn, &record.agent_id)?
+            .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?
+    };
+    record.target = Some(Target {
+        profile_name: state.profile_name.clone(),
+        provider_type: state.provider_type.clone(),
+        model_name: state.model_name.clone(),
+    });
+    let credentials = app.open_credentials(state.profile_id, &state.profile_name, &sealed)?;
+    let api_key = credentials
+        .get("api_key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+
+    let body = drop_params(body, &state.drop_params);
+    let call = if state.provider_type == "anthropic" {
+        anthropic_call(&state, &body, &api_key)?
+    } else {
+        openai_call(&state, body, &api_key)
+    };
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let payload = serde_json::to_vec(&call.body).unwrap_or_default();
+
+    if !stream {
+        let answer = app
+            .upstream
+            .call("POST", &call.url, &headers, Some(&payload))?;
+        let (reply, usage) = finish_answer(&state, answer)?;
+        record.usage = usage;
+        return Ok(Relay::Answered(reply));
+    }
+
+    let streaming = app.upstream.open_stream(&call.url, &headers, &payload)?;
+    let is_event_stream = streaming.content_type.starts_with("text/event-stream");
+    if !(200..300).contains(&streaming.status) || !is_event_stream {
+        // An error (or an upstream that ignored `stream`) comes back as one JSON document.
+        let answer = read_whole(app, streaming)?;
+        let (reply, usage) = finish_answer(&state, answer)?;
+        record.usage = usage;
+        return Ok(Relay::Answered(reply));
+    }
+
+    let relay = if state.provider_type == "anthropic" {
+        Translate::Anthropic(anthropic_stream::Translator::new(
+            unix_now(),
+            &state.model_name,
+            include_usage,
+        ))
+    } else {
+        Translate::Passthrough {
+            parser: sse::Parser::new(),
+            usage: None,
+            done: false,
+        }
+    };
+    record.status = streaming.status;
+    let reply = stream_reply(app, streaming, relay, record.clone(), started);
+    Ok(Relay::Streamed(with_target_headers(
+        reply,
+        record.target.as_ref(),
+    )))
+}
+
+/// Removes the model's `drop_params` from the top level of the request.
+fn drop_params(mut body: Map<String, Value>, drop: &[String]) -> Map<String, Value> {
+    for field in drop {
+        if !PROTECTED_FIELDS.contains(&field.as_str()) {
+            body.remove(field);
+        }
+    }
+    body
+}
+
+/// An upstream request, ready to send.
+struct Call {
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+}
+
+fn openai_call(state: &ActiveState, mut body: Map<String, Value>, api_key: &str) -> Call {
+    body.insert("model".into(), Value::String(state.model_name.clone()));
+    if let Some(cap) = state.max_tokens {
+        apply_max_tokens(&mut body, i64::from(cap), &state.provider_type);
+    }
+    Call {
+        url: format!("{}/chat/completions", state.base_url),
+        headers: vec![
+            ("Authorization", format!("Bearer {api_key}")),
+            ("Content-Type", "application/json".into()),
+        ],
+        body: Value::Object(body),
+    }
+}
+
+/// The model's `max_tokens` is the default when the request sets no limit and the cap when it
+/// asks for more. OpenAI itself takes `max_completion_tokens` (its reasoning models refuse
+/// `max_tokens`); OpenAI-compatible servers widely know only `max_tokens`.
+fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: &str) {
+    let mut found = false;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        if let Some(v) = body.get_mut(field) {
+            if let Some(n) = v.as_i64() {
+                found = true;
+                if n > cap {
+                    *v = Value::from(cap);
+                }
+            } else if v.is_null() {
+                *v = Value::from(cap);
+                found = true;
+            }
+        }
+    }
+    if !found {
+        let field = if provider_type == "openai" {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body.insert(field.into(), Value::from(cap));
+    }
+}
+
+fn anthropic_call(
+    state: &ActiveState,
+    body: &Map<String, Value>,
+    api_key: &str,
+) -> Result<Call, ApiError> {
+    let translated = anthropic::translate_request(
+        &Value::Object(body.clone()),
+        &state.model_name,
+        state.max_tokens.map(i64::from),
+    )
+    .map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(Call {
+        url: format!("{}/v1/messages", state.base_url),
+        headers: vec![
+            ("x-api-key", api_key.to_string()),
+            ("anthropic-version", ANTHROPIC_VERSION.to_string()),
+            ("Content-Type", "application/json".into()),
+        ],
+        body: translated,
+    })
+}
+
+fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
+    let mut body = Vec::new();
+    streaming
+        .body
+        .by_ref()
+        .take(64 * 1024 * 1024)
+        .read_to_end(&mut body)
+        .map_err(|e| app.upstream.io_failure(&e))?;
+    Ok(Answer {
+        status: streaming.status,
+        body,
+    })
+}
+
+/// Turns a complete upstream answer into the agent's reply, with its usage when known.
+fn finish_answer(state: &ActiveState, answer: Answer) -> Result<(Reply, Option<Usage>), ApiError> {
+    let parsed: Value = serde_json::from_slice(&answer.body).map_err(|_| {
+        ApiError::BadGateway(format!(
+            "upstream answered status {} with a body that is not JSON",
+            answer.status
+        ))
+    })?;
+    let ok = (200..300).contains(&answer.status);
+    if state.provider_type == "anthropic" {
+        let body = if ok {
+            anthropic::translate_response(&parsed, unix_now())
+        } else {
+            anthropic::translate_error(&parsed)
+        };
+        let usage = if ok {
+            parsed
+                .get("usage")
+                .and_then(anthropic::usage_from_anthropic)
+        } else {
+            None
+        };
+        return Ok((Reply::json(answer.status, &body), usage));
+    }
+    let usage = if ok {
+        parsed.get("usage").and_then(Usage::from_openai)
+    } else {
+        None
+    };
+    // The upstream's own bytes go back unchanged.
+    Ok((Reply::raw_json(answer.status, answer.body), usage))
+}
+
+/// How a stream's bytes become the agent's bytes.
+enum Translate {
+    /// OpenAI-type upstreams: bytes relayed as they are, watched for usage and `[DONE]`.
+    Passthrough {
+        parser: sse::Parser,
+        usage: Option<Usage>,
+        done: bool,
+    },
+    Anthropic(anthropic_stream::Translator),
+}
+
+impl Translate {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match self {
+            Translate::Anthropic(t) => t.feed(bytes),
+            Translate::Passthrough {
+                parser,
+                usage,
+                done,
+            } => {
+                // A parse failure only loses usage for the audit; the bytes still go through.
+                for event in parser.feed(bytes).unwrap_or_default() {
+                    if event.data == "[DONE]" {
+                        *done = true;
+                    } else if event.data.contains("\"usage\"") {
+                        if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                            if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
+                                *usage = Some(u);
+                            }
+                        }
+                    }
+                }
+                bytes.to_vec()
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self {
+            Translate::Anthropic(t) => t.finish(),
+            Translate::Passthrough { .. } => Vec::new(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Translate::Anthropic(t) => t.is_done(),
+            Translate::Passthrough { done, .. } => *done,
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Translate::Anthropic(t) => t.usage(),
+            Translate::Passthrough { usage, .. } => *usage,
+        }
+    }
+}
+
+/// The streamed reply: relays event by event, then writes the audit row, whether the stream
+/// ended, failed or the agent went away.
+fn stream_reply(
+    app: &App,
+    streaming: Streaming,
+    mut relay: Translate,
+    mut record: RequestRecord,
+    started: Instant,
+) -> Reply {
+    let db = app.db.clone();
+    let upstream = app.upstream.clone();
+    let status = streaming.status;
+    let mut body = streaming.body;
+    Reply::stream(
+        status,
+        Box::new(move |out: &mut dyn Write| {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut client_gone = None;
+            loop {
+                let (bytes, upstream_ended) = match body.read(&mut buf) {
+                    Ok(0) => (relay.finish(), true),
+                    Ok(n) => (relay.feed(&buf[..n]), false),
+                    Err(e) => {
+                        let failure = upstream.io_failure(&e);
+                        record.error = Some(failure.message());
+                        let event = json!({"error": {
+                            "message": failure.message(), "type": failure.kind(), "code": failure.code()
+                        }});
+                        (sse::data_event(&event.to_string()).into_bytes(), true)
+                    }
+                };
+                if !bytes.is_empty() {
+                    if let Err(e) = out.write_all(&bytes) {
+                        client_gone = Some(e);
+                        break;
+                    }
+                }
+                if upstream_ended || relay.is_done() {
+                    break;
+                }
+            }
+            // Dropping the reader closes the upstream connection, ending the generation.
+            drop(body);
+            if client_gone.is_some() {
+                record.error = Some("the client went away before the stream ended".into());
+            }
+            record.usage = relay.usage();
+            record.latency_ms = elapsed_ms(started);
+            write_audit(&db, &record);
+            match client_gone {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn max_tokens_becomes_the_default_when_the_request_has_none() {
+        let mut body = obj(json!({"messages": []}));
+        apply_max_tokens(&mut body, 100, "openai");
+        assert_eq!(body["max_completion_tokens"], 100);
+        let mut body = obj(json!({"messages": []}));
+        apply_max_tokens(&mut body, 100, "openai_compatible");
+        assert_eq!(body["max_tokens"], 100);
+    }
+
+    #[test]
+    fn max_tokens_caps_requests_that_ask_for_more() {
+        let mut body = obj(json!({"max_tokens": 500, "max_completion_tokens": 50}));
+        apply_max_tokens(&mut body, 100, "openai");
+        assert_eq!(body["max_tokens"], 100);
+        assert_eq!(body["max_completion_tokens"], 50);
+    }
+
+    #[test]
+    fn drop_params_removes_fields_but_never_the_protected_ones() {
+        let body = obj(
+            json!({"temperature": 1, "top_p": 1, "model": "x", "stream": true, "messages": []}),
+        );
+        let kept = drop_params(
+            body,
+            &[
+                "temperature".into(),
+                "top_p".into(),
+                "model".into(),
+                "stream".into(),
+            ],
+        );
+        assert_eq!(
+            Value::Object(kept),
+            json!({"model": "x", "stream": true, "messages": []})
+        );
+    }
+
+    #[test]
+    fn passthrough_relays_bytes_unchanged_and_notes_usage() {
+        let mut relay = Translate::Passthrough {
+            parser: sse::Parser::new(),
+            usage: None,
+            done: false,
+        };
+        let input = "data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let (a, b) = input.as_bytes().split_at(30);
+        let mut out = relay.feed(a);
+        out.extend(relay.feed(b));
+        assert_eq!(out, input.as_bytes());
+        assert!(relay.is_done());
+        assert_eq!(
+            relay.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+    }
+}
