@@ -30,6 +30,8 @@ pub struct Config {
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
     pub log_level: Level,
+    /// How long a stopping server waits for requests in flight.
+    pub shutdown_grace: Duration,
 }
 
 // Keys must never reach a log line, even through a stray `{:?}`.
@@ -51,6 +53,7 @@ impl fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_level", &self.log_level)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }
@@ -112,6 +115,7 @@ impl Config {
         let max_body_bytes = parse_num(&get, "MAX_BODY_BYTES", 8 * 1024 * 1024usize, 1..=1 << 30)?;
         let upstream_timeout_ms = parse_num(&get, "UPSTREAM_TIMEOUT_MS", 30_000u64, 1..=3_600_000)?;
         let read_timeout_ms = parse_num(&get, "REQUEST_READ_TIMEOUT_MS", 5_000u64, 1..=600_000)?;
+        let grace_ms = parse_num(&get, "SHUTDOWN_GRACE_MS", 30_000u64, 0..=3_600_000)?;
 
         let require_agent_key_for_proxy = match get("REQUIRE_AGENT_KEY_FOR_PROXY") {
             None => true,
@@ -140,6 +144,7 @@ impl Config {
             db_pool_size,
             max_body_bytes,
             log_level,
+            shutdown_grace: Duration::from_millis(grace_ms),
         })
     }
 

@@ -4,10 +4,10 @@
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,13 @@ use crate::routes::{self, Endpoint};
 pub struct Running {
     http: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
+    /// Each worker sends once when it ends.
+    ended: mpsc::Receiver<()>,
     reaper: Reaper,
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
+    /// The listening socket, owned by tiny_http; kept to shut it down.
+    listener_fd: RawFd,
 }
 
 /// Binds the listening socket with `TCP_NODELAY`, which Linux passes on to every accepted
@@ -43,6 +47,7 @@ pub fn bind(addr: &str) -> io::Result<TcpListener> {
 
 pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
     let addr = listener.local_addr()?;
+    let listener_fd = listener.as_raw_fd();
     let http = Arc::new(
         tiny_http::Server::from_listener(listener, None)
             .map_err(|e| io::Error::other(e.to_string()))?,
@@ -51,21 +56,32 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
         .clamp(Duration::from_millis(5), Duration::from_millis(250));
     let reaper = Reaper::start(addr.port(), tick);
     let stopping = Arc::new(AtomicBool::new(false));
+    let (ended_tx, ended) = mpsc::channel();
     let workers = (0..app.config.workers)
         .map(|i| {
-            let (app, http, reaper, stopping) =
-                (app.clone(), http.clone(), reaper.clone(), stopping.clone());
+            let (app, http, reaper, stopping, ended_tx) = (
+                app.clone(),
+                http.clone(),
+                reaper.clone(),
+                stopping.clone(),
+                ended_tx.clone(),
+            );
             thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker(&app, &http, &reaper, &stopping))
+                .spawn(move || {
+                    worker(&app, &http, &reaper, &stopping);
+                    let _ = ended_tx.send(());
+                })
         })
         .collect::<io::Result<Vec<_>>>()?;
     Ok(Running {
         http,
         workers,
+        ended,
         reaper,
         stopping,
         addr,
+        listener_fd,
     })
 }
 
@@ -74,17 +90,34 @@ impl Running {
         self.addr
     }
 
-    /// Stops the workers once each has finished the request in hand.
-    pub fn shutdown(self) {
+    /// Stops accepting connections, lets the requests in hand (and those already received)
+    /// finish for at most `grace`, and returns whether all of them did.
+    pub fn shutdown(self, grace: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
-        // Each `unblock` wakes exactly one worker waiting in `recv`.
+        // Shutting the listening socket down makes tiny_http's accept loop end and refuses
+        // new connections; the socket itself stays owned (and is closed) by tiny_http.
+        // SAFETY: borrows the descriptor without closing it; shutdown(2) on a listening
+        // socket only changes its state.
+        let listener = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(self.listener_fd) });
+        let _ = listener.shutdown(std::net::Shutdown::Both);
+        // Each `unblock` ends exactly one worker, after whatever was queued before it.
         for _ in &self.workers {
             self.http.unblock();
         }
-        for w in self.workers {
-            let _ = w.join();
+        let deadline = Instant::now() + grace;
+        let mut remaining = self.workers.len();
+        while remaining > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ended.recv_timeout(left) {
+                Ok(()) => remaining -= 1,
+                Err(_) => break,
+            }
         }
         self.reaper.stop();
+        if remaining > 0 {
+            crate::warn!("{remaining} request(s) still running after the shutdown grace period");
+        }
+        remaining == 0
     }
 
     /// Blocks for as long as the workers run.
@@ -99,6 +132,8 @@ fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &Atomi
     loop {
         match http.recv() {
             Ok(rq) => serve(app, reaper, rq),
+            // The queue is first in, first out: requests received before the shutdown's
+            // `unblock` are still served by the workers that take them.
             Err(_) if stopping.load(Ordering::SeqCst) => return,
             Err(e) => {
                 // tiny_http's accept loop ends for good on its first error: nothing will
