@@ -1,17 +1,22 @@
 //! The `switcher-api` command: serve (the default), migrate, wizard, healthcheck.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use switcher_api::config::Config;
-use switcher_api::{log, startup};
+use switcher_api::{log, signals, startup, wizard};
 
 const HELP: &str = "\
 switcher-api: one OpenAI-compatible endpoint; the operator switches, per agent, which
 provider account and model it reaches.
 
 USAGE:
-    switcher-api [serve]     run the server (applies migrations first)
-    switcher-api migrate     apply pending database migrations and exit
+    switcher-api [serve]       run the server (applies migrations first)
+    switcher-api migrate       apply pending database migrations and exit
+    switcher-api wizard        first run: write .env, start Docker Compose, create a profile,
+                               set an agent's model (see `switcher-api wizard --help`)
+    switcher-api healthcheck   exit 0 when /healthz answers 200 (for container health checks)
+                               [--url http://127.0.0.1:8080]
 
 OPTIONS:
     -h, --help       print this help
@@ -23,6 +28,14 @@ see README.md. ROUTER_ADMIN_KEY and ROUTER_AGENT_KEY are required.
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
+    let command = match args.subcommand() {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("{e}")),
+    };
+    // `wizard` has flags of its own, its `--help` included.
+    if command.as_deref() == Some("wizard") {
+        return wizard::main(args);
+    }
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
         return ExitCode::SUCCESS;
@@ -31,16 +44,12 @@ fn main() -> ExitCode {
         println!("switcher-api {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let command = match args.subcommand() {
-        Ok(c) => c.unwrap_or_else(|| "serve".to_string()),
-        Err(e) => return fail(&format!("{e}")),
-    };
-    let rest = args.finish();
-    if !rest.is_empty() {
-        return fail(&format!(
-            "unexpected argument {:?}; see --help",
-            rest[0].to_string_lossy()
-        ));
+    let command = command.unwrap_or_else(|| "serve".to_string());
+    if command == "healthcheck" {
+        return healthcheck(args);
+    }
+    if let Err(e) = no_more_args(args) {
+        return fail(&e);
     }
     match command.as_str() {
         "serve" => serve(),
@@ -49,18 +58,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn no_more_args(args: pico_args::Arguments) -> Result<(), String> {
+    match args.finish().first() {
+        None => Ok(()),
+        Some(arg) => Err(format!(
+            "unexpected argument {:?}; see --help",
+            arg.to_string_lossy()
+        )),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("switcher-api: error: {message}");
     ExitCode::from(2)
 }
 
-/// Loads `.env` (the environment wins over it) and validates the configuration.
-fn load_config() -> Result<Config, String> {
+/// Loads `.env` into the environment (variables already set win over it).
+fn load_dotenv() -> Result<(), String> {
     match dotenvy::dotenv() {
-        Ok(_) => {}
-        Err(e) if e.not_found() => {}
-        Err(e) => return Err(format!(".env could not be read: {e}")),
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(format!(".env could not be read: {e}")),
     }
+}
+
+/// Loads `.env` and validates the configuration.
+fn load_config() -> Result<Config, String> {
+    load_dotenv()?;
     let config = Config::from_env().map_err(|e| e.to_string())?;
     log::set_level(config.log_level);
     Ok(config)
@@ -71,12 +95,23 @@ fn serve() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    match startup::start(config) {
-        Ok(running) => {
+    let grace = config.shutdown_grace;
+    let running = match startup::start(config) {
+        Ok(running) => running,
+        Err(e) => return fail(&e),
+    };
+    match signals::wait_for_stop() {
+        Ok(signal) => {
+            switcher_api::info!("{signal} received; finishing requests in flight");
+            running.shutdown(grace);
+            switcher_api::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            switcher_api::warn!("cannot listen for signals ({e}); serving until killed");
             running.wait();
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
     }
 }
 
@@ -97,5 +132,48 @@ fn migrate() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Asks the local server's `/healthz`; needs no keys, only `PORT` (or `--url`).
+fn healthcheck(mut args: pico_args::Arguments) -> ExitCode {
+    let url: Option<String> = match args.opt_value_from_str("--url") {
+        Ok(u) => u,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Err(e) = no_more_args(args) {
+        return fail(&e);
+    }
+    if let Err(e) = load_dotenv() {
+        return fail(&e);
+    }
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("PORT")
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or_else(|| "8080".into());
+        format!("http://127.0.0.1:{}", port.trim())
+    });
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let target = format!("{}/healthz", url.trim_end_matches('/'));
+    match agent.get(&target).call() {
+        Ok(r) if r.status() == 200 => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: /healthz answered {}", r.status());
+            ExitCode::from(1)
+        }
+        Err(ureq::Error::Status(code, _)) => {
+            eprintln!("unhealthy: /healthz answered {code}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {}", e.kind());
+            ExitCode::from(1)
+        }
     }
 }
