@@ -11,6 +11,17 @@ fn wrong_type(name: &str, expected: &str) -> ApiError {
     ApiError::bad_request(format!("field `{name}` must be {expected}"))
 }
 
+/// Postgres text cannot hold U+0000: such a string would fail in the database (a 500), so it
+/// is refused here, naming the field.
+fn storable<'s>(name: &str, s: &'s str) -> Result<&'s str, ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "field `{name}` must not contain NUL characters"
+        )));
+    }
+    Ok(s)
+}
+
 impl<'a> Fields<'a> {
     /// Present and not null.
     fn present(&self, name: &str) -> Option<&'a Value> {
@@ -29,7 +40,7 @@ impl<'a> Fields<'a> {
     pub fn opt_str(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
         match self.present(name) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::String(s)) => storable(name, s).map(Some),
             Some(_) => Err(wrong_type(name, "a string")),
         }
     }
@@ -59,10 +70,12 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|i| i.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .map(Some)
-                .ok_or_else(|| wrong_type(name, "a list of strings")),
+                .map(|i| match i.as_str() {
+                    Some(s) => storable(name, s).map(str::to_string),
+                    None => Err(wrong_type(name, "a list of strings")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
             Some(_) => Err(wrong_type(name, "a list of strings")),
         }
     }
@@ -147,6 +160,15 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("`max_tokens`"));
+        let nul = json!({"name": "a\u{0}b", "tags": ["ok", "a\u{0}b"]});
+        let f = Fields(nul.as_object().unwrap());
+        assert!(f.str("name").unwrap_err().message().contains("`name`"));
+        assert!(f
+            .opt_str_list("tags")
+            .unwrap_err()
+            .message()
+            .contains("`tags`"));
+        let f = Fields(body.as_object().unwrap());
         assert!(f
             .str("missing")
             .unwrap_err()

@@ -158,6 +158,10 @@ pub fn find_profile_by_name(
     c: &mut impl GenericClient,
     name: &str,
 ) -> Result<Option<Profile>, ApiError> {
+    // Postgres text cannot hold U+0000, so no stored name has it, and sending it would fail.
+    if name.contains('\0') {
+        return Ok(None);
+    }
     let sql = format!(
         "SELECT {} FROM profiles p WHERE p.profile_name = $1",
         Profile::COLUMNS
