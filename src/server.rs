@@ -231,14 +231,13 @@ fn prepare(
         .find(|(n, _)| n == "authorization")
         .map(|(_, v)| v.as_str());
     let who = auth::authorize(&app.config, endpoint.access(), authorization)?;
-    let body = if endpoint.takes_body() {
-        let declared = rq.body_length();
-        read_body(rq.as_reader(), declared, app.config.max_body_bytes, &|| {
-            watch.fired()
-        })?
-    } else {
-        Vec::new()
-    };
+    // Every declared body is read here, under the read deadline, even where the handler
+    // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
+    // deadline is gone, and a client that stalls its body would hold the worker forever.
+    let declared = rq.body_length();
+    let body = read_body(rq.as_reader(), declared, app.config.max_body_bytes, &|| {
+        watch.fired()
+    })?;
     Ok((
         endpoint,
         who,

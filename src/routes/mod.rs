@@ -43,18 +43,6 @@ impl Endpoint {
             Endpoint::ListModels | Endpoint::Switch | Endpoint::Active => Access::Agent,
         }
     }
-
-    /// Whether the handler reads a request body.
-    pub fn takes_body(&self) -> bool {
-        matches!(
-            self,
-            Endpoint::CreateProfile
-                | Endpoint::UpdateProfile(_)
-                | Endpoint::UpsertModel
-                | Endpoint::Switch
-                | Endpoint::ChatCompletions
-        )
-    }
 }
 
 /// Resolves a method and path: 404 for an unknown path, 405 for a known one with the wrong method.
