@@ -1,0 +1,102 @@
+//! The process: healthcheck exit codes and graceful shutdown.
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn healthcheck(url: &str) -> i32 {
+    Command::new(binary())
+        .args(["healthcheck", "--url", url])
+        .current_dir(empty_dir())
+        .output()
+        .expect("run healthcheck")
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn healthcheck_exits_zero_for_a_healthy_server_and_non_zero_otherwise() {
+    let app = TestApp::spawn();
+    assert_eq!(healthcheck(&app.url), 0);
+
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    assert_ne!(healthcheck(&url), 0);
+
+    // A server that answers something other than 200.
+    let not_ok = FakeUpstream::start(|_| Answer::Json(503, json!({"status": "down"})));
+    assert_ne!(healthcheck(&not_ok.url), 0);
+}
+
+#[test]
+fn healthcheck_reads_the_port_from_the_environment() {
+    let app = TestApp::spawn();
+    let out = Command::new(binary())
+        .arg("healthcheck")
+        .current_dir(empty_dir())
+        .env("PORT", app.port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "healthy");
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_and_records_it() {
+    let upstream = FakeUpstream::start(|_| {
+        Answer::Delay(
+            Duration::from_secs(2),
+            Box::new(Answer::Json(
+                200,
+                json!({"id": "c1", "object": "chat.completion", "choices": [],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+            )),
+        )
+    });
+    let mut app = TestApp::spawn();
+    app.create_profile("slow", "openai_compatible", &upstream.url, "sk-slow");
+    app.switch("default", "slow", "m");
+
+    let url = app.url.clone();
+    let in_flight = thread::spawn(move || {
+        ureq::post(&format!("{url}/v1/chat/completions"))
+            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}]}"#)
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    });
+    // The request is with the upstream once the upstream has received it.
+    assert!(eventually(Duration::from_secs(20), || !upstream
+        .received()
+        .is_empty()));
+
+    let code = app.terminate();
+    assert_eq!(in_flight.join().unwrap(), Ok(200));
+    assert_eq!(code, Some(0), "{}", app.logs());
+
+    let rows: i64 = app
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM audit_requests WHERE status = 200 AND total_tokens = 2",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn after_sigterm_new_connections_are_refused() {
+    let mut app = TestApp::spawn();
+    assert_eq!(app.terminate(), Some(0));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", app.port)).is_err());
+}

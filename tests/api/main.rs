@@ -1,0 +1,9 @@
+//! Integration tests: the real server binary against a real Postgres, with fake upstreams.
+
+mod support;
+
+mod control_plane;
+mod lifecycle;
+mod proxy;
+mod streaming;
+mod wizard;
