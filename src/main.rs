@@ -73,9 +73,10 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Loads `.env` into the environment (variables already set win over it).
+/// Loads `.env` of the working directory (not of its parents) into the environment;
+/// variables already set win over it.
 fn load_dotenv() -> Result<(), String> {
-    match dotenvy::dotenv() {
+    match dotenvy::from_path(".env") {
         Ok(_) => Ok(()),
         Err(e) if e.not_found() => Ok(()),
         Err(e) => Err(format!(".env could not be read: {e}")),

@@ -332,24 +332,7 @@ pub fn active_state(
     c: &mut impl GenericClient,
     agent_id: &str,
 ) -> Result<Option<ActiveState>, ApiError> {
-    let sql = concat!(
-        "SELECT s.agent_id, p.id, p.profile_name, p.provider_type, p.base_url, m.model_name, ",
-        "m.max_tokens, m.drop_params, ",
-        iso!("s.updated_at"),
-        " FROM agent_state s JOIN profiles p ON p.id = s.profile_id ",
-        "JOIN models m ON m.id = s.model_id WHERE s.agent_id = $1"
-    );
-    Ok(c.query_opt(sql, &[&agent_id])?.map(|row| ActiveState {
-        agent_id: row.get(0),
-        profile_id: row.get(1),
-        profile_name: row.get(2),
-        provider_type: row.get(3),
-        base_url: row.get(4),
-        model_name: row.get(5),
-        max_tokens: row.get(6),
-        drop_params: row.get(7),
-        updated_at: row.get(8),
-    }))
+    Ok(route_for_agent(c, agent_id)?.map(|(state, _)| state))
 }
 
 /// Points the agent at the model; returns the switch time.
