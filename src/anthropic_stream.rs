@@ -29,6 +29,8 @@ pub struct Translator {
     output_tokens: Option<i64>,
     finish_reason: Option<&'static str>,
     done: bool,
+    /// Why the stream ended in an error event, for the audit row.
+    error: Option<String>,
 }
 
 impl Translator {
@@ -54,6 +56,7 @@ impl Translator {
             output_tokens: None,
             finish_reason: None,
             done: false,
+            error: None,
         }
     }
 
@@ -326,6 +329,12 @@ impl Translator {
         let body = object(&[("error", error)]);
         out.extend_from_slice(sse::data_event(&body).as_bytes());
         self.done = true;
+        self.error = Some(format!("{kind}: {message}"));
+    }
+
+    /// The error the stream ended with, when it ended in an error event.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
     }
 }
 

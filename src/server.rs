@@ -168,7 +168,11 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
                 ),
             };
             let status = reply.status;
-            send(rq, reply);
+            // A streamed body runs handler code while it is sent: a panic there must not
+            // take the worker with it either.
+            if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
+                crate::error!("{method} {path}: panicked while sending the reply");
+            }
             status
         }
         Err(e) => {

@@ -1,6 +1,7 @@
 //! `/v1/*`: the OpenAI-compatible endpoint agents call, relayed to their active model.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
@@ -53,17 +54,27 @@ fn elapsed_ms(started: Instant) -> i32 {
     started.elapsed().as_millis().min(i32::MAX as u128) as i32
 }
 
-/// Writes one audit row; a failure is logged, never shown to the agent (it has its answer).
+/// Writes one audit row, trying again while the database is briefly out of reach (each try
+/// waits up to the pool's checkout timeout); a final failure is logged, never shown to the
+/// agent, which already has its answer.
 fn write_audit(db: &Pool, record: &RequestRecord) {
-    let result = db
-        .get()
-        .map_err(ApiError::from)
-        .and_then(|mut c| audit::record_request(&mut *c, record));
-    if let Err(e) = result {
-        crate::error!(
-            "audit row for agent request could not be written (status {}): {e}",
-            record.status
-        );
+    const TRIES: usize = 3;
+    for attempt in 1..=TRIES {
+        let result = db
+            .get()
+            .map_err(ApiError::from)
+            .and_then(|mut c| audit::record_request(&mut *c, record));
+        match result {
+            Ok(()) => return,
+            Err(ApiError::DbUnavailable(_)) if attempt < TRIES => continue,
+            Err(e) => {
+                crate::error!(
+                    "audit row for an agent request could not be written (status {}): {e}",
+                    record.status
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -377,6 +388,19 @@ impl Translate {
         }
     }
 
+    /// Why the stream did not end properly, for the audit row.
+    fn error(&self) -> Option<String> {
+        match self {
+            Translate::Anthropic(t) => t.error().map(str::to_string),
+            // Relayed as it came: an OpenAI-type stream that ends without `[DONE]` is passed
+            // on as it is (some compatible servers never send it), but the audit notes it.
+            Translate::Passthrough { done: false, .. } => {
+                Some("the upstream stream ended without [DONE]".into())
+            }
+            Translate::Passthrough { .. } => None,
+        }
+    }
+
     fn is_done(&self) -> bool {
         match self {
             Translate::Anthropic(t) => t.is_done(),
@@ -392,34 +416,42 @@ impl Translate {
     }
 }
 
-/// The streamed reply: relays event by event, then writes the audit row, whether the stream
-/// ended, failed or the agent went away.
+/// After a stream's last event, the most the relay still reads so that the upstream
+/// connection ends cleanly (the chunked terminator) and goes back to the pool.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// The streamed reply: relays event by event; once the reply is complete (its terminating
+/// chunk sent), the audit row is written, whether the stream ended, failed or the agent went
+/// away.
 fn stream_reply(
     app: &App,
     streaming: Streaming,
     mut relay: Translate,
-    mut record: RequestRecord,
+    record: RequestRecord,
     started: Instant,
 ) -> Reply {
     let db = app.db.clone();
     let upstream = app.upstream.clone();
     let status = streaming.status;
     let mut body = streaming.body;
+    let record = Arc::new(Mutex::new(record));
+    let finished = record.clone();
     Reply::stream(
         status,
         Box::new(move |out: &mut dyn Write| {
             let mut buf = vec![0u8; 16 * 1024];
             let mut client_gone = None;
+            let mut failure = None;
             loop {
                 let (bytes, upstream_ended) = match body.read(&mut buf) {
                     Ok(0) => (relay.finish(), true),
                     Ok(n) => (relay.feed(&buf[..n]), false),
                     Err(e) => {
-                        let failure = upstream.io_failure(&e);
-                        record.error = Some(failure.message());
+                        let e = upstream.io_failure(&e);
                         let event = json!({"error": {
-                            "message": failure.message(), "type": failure.kind(), "code": failure.code()
+                            "message": e.message(), "type": e.kind(), "code": e.code()
                         }});
+                        failure = Some(e.message());
                         (sse::data_event(&event.to_string()).into_bytes(), true)
                     }
                 };
@@ -429,24 +461,39 @@ fn stream_reply(
                         break;
                     }
                 }
-                if upstream_ended || relay.is_done() {
+                if upstream_ended {
+                    break;
+                }
+                if relay.is_done() {
+                    if relay.error().is_none() {
+                        // A complete answer leaves only the end of the body: reading it hands
+                        // the connection back to the pool instead of closing it.
+                        let _ = io::copy(&mut body.by_ref().take(DRAIN_LIMIT), &mut io::sink());
+                    }
                     break;
                 }
             }
-            // Dropping the reader closes the upstream connection, ending the generation.
+            // Dropping the reader closes the upstream connection (if it was not handed back),
+            // which ends a generation the agent no longer reads.
             drop(body);
-            if client_gone.is_some() {
-                record.error = Some("the client went away before the stream ended".into());
-            }
+            let mut record = finished.lock().unwrap_or_else(|p| p.into_inner());
+            record.error = if client_gone.is_some() {
+                Some("the client went away before the stream ended".into())
+            } else {
+                failure.or_else(|| relay.error())
+            };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);
-            write_audit(&db, &record);
             match client_gone {
                 Some(e) => Err(e),
                 None => Ok(()),
             }
         }),
     )
+    .after(move || {
+        let record = record.lock().unwrap_or_else(|p| p.into_inner());
+        write_audit(&db, &record);
+    })
 }
 
 #[cfg(test)]
