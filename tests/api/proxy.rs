@@ -84,9 +84,9 @@ fn refusing_url() -> String {
 }
 
 /// An upstream that reads each request whole, writes `reply` (which may be nothing) and closes
-/// the connection; returns its URL and how many requests it took. The harness's
-/// `Answer::Hangup` cannot do this: tiny_http keeps the connection open for the next request,
-/// so the caller sees a silent upstream rather than a closed one.
+/// the connection; returns its URL and how many requests it took. A tiny_http fake cannot do
+/// this: tiny_http keeps the connection open for the next request, so the caller would see a
+/// silent upstream rather than a closed one.
 fn closing_upstream(reply: &'static [u8]) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -392,8 +392,6 @@ pub enum Answer {
     Events(Vec<String>, Duration),
     /// Waits, then answers.
     Delay(Duration, Box<Answer>),
-    /// Closes the connection without answering.
-    Hangup,
 }
 
 type Handler = dyn Fn(&Received) -> Answer + Send + Sync;
@@ -497,9 +495,6 @@ fn respond(rq: tiny_http::Request, answer: Answer) {
         Answer::Delay(pause, inner) => {
             thread::sleep(pause);
             respond(rq, *inner);
-        }
-        Answer::Hangup => {
-            let _ = rq.into_writer();
         }
     }
 }
