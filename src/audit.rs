@@ -1,7 +1,7 @@
 //! The audit trail: one row per switch and one per proxied request, never any prompt text.
 
 use postgres::GenericClient;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::hex;
@@ -85,19 +85,23 @@ pub fn record_request(c: &mut impl GenericClient, r: &RequestRecord) -> Result<(
 /// serde_json's `Value` keeps object keys in a sorted map (the `preserve_order` feature is
 /// off), so `to_string` already gives Python's `sort_keys=True, separators=(",", ":")`; its
 /// output is not ASCII-escaped, like `ensure_ascii=False`.
-pub fn prompt_sha256(request: &Value) -> String {
+pub fn prompt_sha256(request: &Map<String, Value>) -> String {
     let mut hasher = Sha256::new();
-    if let Some(prompt) = request.get("prompt") {
-        match prompt {
-            Value::String(s) => hasher.update(s.as_bytes()),
-            Value::Null => {}
-            other => hasher.update(other.to_string().as_bytes()),
-        }
+    match request.get("prompt") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => hasher.update(s.as_bytes()),
+        Some(other) => hash_json(&mut hasher, other),
     }
     if let Some(messages) = request.get("messages") {
-        hasher.update(messages.to_string().as_bytes());
+        hash_json(&mut hasher, messages);
     }
     hex(&hasher.finalize())
+}
+
+/// Feeds the compact JSON of `value` to the hasher without building the string first.
+fn hash_json(hasher: &mut Sha256, value: &Value) {
+    // Writing into a hasher cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(hasher, value);
 }
 
 #[cfg(test)]
@@ -116,13 +120,16 @@ mod tests {
         //   ensure_ascii=False).encode()).hexdigest())'
         let expected =
             crate::crypto::sha256_hex(r#"[{"content":"héllo \"q\"","role":"user"}]"#.as_bytes());
-        assert_eq!(prompt_sha256(&body), expected);
+        assert_eq!(prompt_sha256(body.as_object().unwrap()), expected);
     }
 
     #[test]
     fn the_prompt_field_comes_before_the_messages() {
         let body = json!({"prompt": "abc", "messages": []});
-        assert_eq!(prompt_sha256(&body), crate::crypto::sha256_hex(b"abc[]"));
-        assert_eq!(prompt_sha256(&json!({})), crate::crypto::sha256_hex(b""));
+        assert_eq!(
+            prompt_sha256(body.as_object().unwrap()),
+            crate::crypto::sha256_hex(b"abc[]")
+        );
+        assert_eq!(prompt_sha256(&Map::new()), crate::crypto::sha256_hex(b""));
     }
 }

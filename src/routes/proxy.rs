@@ -141,7 +141,7 @@ fn proxy(
 ) -> Result<Relay, ApiError> {
     auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
     let body = req.json_object()?;
-    record.prompt_sha256 = Some(audit::prompt_sha256(&Value::Object(body.clone())));
+    record.prompt_sha256 = Some(audit::prompt_sha256(&body));
     let stream = body.get("stream") == Some(&Value::Bool(true));
     let include_usage = body
         .get("stream_options")
@@ -168,7 +168,7 @@ fn proxy(
 
     let body = drop_params(body, &state.drop_params);
     let call = if state.provider_type == "anthropic" {
-        anthropic_call(&state, &body, &api_key)?
+        anthropic_call(&state, body, &api_key)?
     } else {
         openai_call(&state, body, &api_key)
     };
@@ -277,11 +277,11 @@ fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: &str
 
 fn anthropic_call(
     state: &ActiveState,
-    body: &Map<String, Value>,
+    body: Map<String, Value>,
     api_key: &str,
 ) -> Result<Call, ApiError> {
     let translated = anthropic::translate_request(
-        &Value::Object(body.clone()),
+        &Value::Object(body),
         &state.model_name,
         state.max_tokens.map(i64::from),
     )
