@@ -51,6 +51,10 @@ pub fn translate_request(
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     let (system, messages) = translate_messages(req.get("messages"))?;
+    if messages.is_empty() {
+        // Anthropic refuses an empty conversation; say so in the agent's terms.
+        return fail("`messages` must hold at least one user or assistant message with content");
+    }
     if let Some(system) = system {
         out.insert("system".into(), json!(system));
     }
@@ -793,6 +797,18 @@ fn truncate(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_conversation_with_nothing_to_send_is_refused() {
+        for messages in [
+            json!([]),
+            json!([{"role": "system", "content": "be brief"}]),
+            json!([{"role": "user", "content": ""}]),
+        ] {
+            let e = translate_request(&json!({"messages": messages}), "m", None).unwrap_err();
+            assert!(e.0.contains("`messages`"), "{}", e.0);
+        }
+    }
     use super::*;
 
     fn translate(openai: Value) -> Value {
