@@ -142,6 +142,7 @@ fn proxy(
     auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
     let body = req.json_object()?;
     record.prompt_sha256 = Some(audit::prompt_sha256(&body));
+    check_chat_request(&body)?;
     let stream = body.get("stream") == Some(&Value::Bool(true));
     let include_usage = body
         .get("stream_options")
@@ -179,7 +180,7 @@ fn proxy(
         let answer = app
             .upstream
             .call("POST", &call.url, &headers, Some(&payload))?;
-        let (reply, usage) = finish_answer(&state, answer)?;
+        let (reply, usage) = finish_answer(&state, answer, &api_key)?;
         record.usage = usage;
         return Ok(Relay::Answered(reply));
     }
@@ -189,7 +190,7 @@ fn proxy(
     if !(200..300).contains(&streaming.status) || !is_event_stream {
         // An error (or an upstream that ignored `stream`) comes back as one JSON document.
         let answer = read_whole(app, streaming)?;
-        let (reply, usage) = finish_answer(&state, answer)?;
+        let (reply, usage) = finish_answer(&state, answer, &api_key)?;
         record.usage = usage;
         return Ok(Relay::Answered(reply));
     }
@@ -312,7 +313,11 @@ fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
 }
 
 /// Turns a complete upstream answer into the agent's reply, with its usage when known.
-fn finish_answer(state: &ActiveState, answer: Answer) -> Result<(Reply, Option<Usage>), ApiError> {
+fn finish_answer(
+    state: &ActiveState,
+    answer: Answer,
+    api_key: &str,
+) -> Result<(Reply, Option<Usage>), ApiError> {
     let parsed: Value = serde_json::from_slice(&answer.body).map_err(|_| {
         ApiError::BadGateway(format!(
             "upstream answered status {} with a body that is not JSON",
@@ -321,27 +326,100 @@ fn finish_answer(state: &ActiveState, answer: Answer) -> Result<(Reply, Option<U
     })?;
     let ok = (200..300).contains(&answer.status);
     if state.provider_type == "anthropic" {
-        let body = if ok {
-            anthropic::translate_response(&parsed, unix_now())
-        } else {
-            anthropic::translate_error(&parsed)
-        };
-        let usage = if ok {
-            parsed
-                .get("usage")
-                .and_then(anthropic::usage_from_anthropic)
-        } else {
-            None
-        };
+        if !ok {
+            let body = serde_json::to_vec(&anthropic::translate_error(&parsed)).unwrap_or_default();
+            return Ok((Reply::raw_json(answer.status, redact(body, api_key)), None));
+        }
+        if !parsed.get("content").is_some_and(Value::is_array) {
+            return Err(ApiError::BadGateway(format!(
+                "upstream answered status {} with a body that is not an Anthropic message",
+                answer.status
+            )));
+        }
+        let usage = parsed
+            .get("usage")
+            .and_then(anthropic::usage_from_anthropic);
+        let body = anthropic::translate_response(&parsed, unix_now());
         return Ok((Reply::json(answer.status, &body), usage));
     }
-    let usage = if ok {
-        parsed.get("usage").and_then(Usage::from_openai)
-    } else {
-        None
-    };
+    if !ok {
+        return Ok((
+            Reply::raw_json(answer.status, redact(answer.body, api_key)),
+            None,
+        ));
+    }
+    let usage = parsed.get("usage").and_then(Usage::from_openai);
     // The upstream's own bytes go back unchanged.
     Ok((Reply::raw_json(answer.status, answer.body), usage))
+}
+
+/// Upstream errors may quote the key they were sent ("Incorrect API key provided: sk-…");
+/// the agent must never see a profile's credential, so every occurrence is masked.
+fn redact(body: Vec<u8>, secret: &str) -> Vec<u8> {
+    let secret = secret.as_bytes();
+    // A key this short would mask ordinary text; no provider issues one.
+    if secret.len() < 6 || !body.windows(secret.len()).any(|w| w == secret) {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if body[i..].starts_with(secret) {
+            out.extend_from_slice(b"[redacted]");
+            i += secret.len();
+        } else {
+            out.push(body[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The checks every provider type gets, so that a malformed request is a 400 naming the
+/// field here rather than whatever each upstream makes of it.
+fn check_chat_request(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => return bad("field `messages` is required".into()),
+        Some(Value::Array(m)) => m,
+        Some(_) => return bad("field `messages` must be a list of messages".into()),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        match message.get("role") {
+            Some(Value::String(_)) => {}
+            _ if !message.is_object() => {
+                return bad(format!("field `messages[{i}]` must be an object"))
+            }
+            _ => return bad(format!("field `messages[{i}].role` must be a string")),
+        }
+    }
+    let is =
+        |name: &str, ok: fn(&Value) -> bool| body.get(name).is_none_or(|v| v.is_null() || ok(v));
+    if !is("stream", Value::is_boolean) {
+        return bad("field `stream` must be true or false".into());
+    }
+    for name in ["max_tokens", "max_completion_tokens", "n"] {
+        if !is(name, |v| v.as_u64().is_some()) {
+            return bad(format!("field `{name}` must be a whole number"));
+        }
+    }
+    for name in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
+        if !is(name, Value::is_number) {
+            return bad(format!("field `{name}` must be a number"));
+        }
+    }
+    if !is("stream_options", Value::is_object) {
+        return bad("field `stream_options` must be an object".into());
+    }
+    if !is("tools", Value::is_array) {
+        return bad("field `tools` must be a list".into());
+    }
+    Ok(())
 }
 
 /// How a stream's bytes become the agent's bytes.
@@ -540,6 +618,43 @@ mod tests {
             Value::Object(kept),
             json!({"model": "x", "stream": true, "messages": []})
         );
+    }
+
+    #[test]
+    fn every_occurrence_of_the_key_is_masked() {
+        let body =
+            br#"{"error":{"message":"Incorrect API key provided: sk-secret-1. Key sk-secret-1"}}"#;
+        let out = String::from_utf8(redact(body.to_vec(), "sk-secret-1")).unwrap();
+        assert_eq!(
+            out,
+            r#"{"error":{"message":"Incorrect API key provided: [redacted]. Key [redacted]"}}"#
+        );
+        assert_eq!(redact(b"plain".to_vec(), "sk-secret-1"), b"plain");
+    }
+
+    #[test]
+    fn malformed_chat_requests_name_the_field() {
+        for (body, field) in [
+            (json!({}), "`messages`"),
+            (json!({"messages": "hi"}), "`messages`"),
+            (json!({"messages": ["hi"]}), "`messages[0]`"),
+            (
+                json!({"messages": [{"content": "x"}]}),
+                "`messages[0].role`",
+            ),
+            (json!({"messages": [], "stream": "yes"}), "`stream`"),
+            (json!({"messages": [], "max_tokens": "10"}), "`max_tokens`"),
+            (
+                json!({"messages": [], "temperature": "hot"}),
+                "`temperature`",
+            ),
+        ] {
+            let e = check_chat_request(body.as_object().unwrap()).unwrap_err();
+            assert!(e.message().contains(field), "{body}: {}", e.message());
+        }
+        let fine = json!({"messages": [{"role": "user", "content": "hi"}], "stream": null,
+                          "max_tokens": 5, "temperature": 0.2});
+        assert!(check_chat_request(fine.as_object().unwrap()).is_ok());
     }
 
     #[test]

@@ -771,6 +771,80 @@ fn an_upstream_error_status_and_body_come_back_as_they_are() {
     assert_eq!(row["status"], 429, "{row}");
 }
 
+#[test]
+fn an_upstream_error_quoting_the_profiles_key_reaches_the_agent_without_it() {
+    let key = "sk-quoted-secret-123456";
+    for provider_type in ["openai", "anthropic"] {
+        let upstream = FakeUpstream::start(move |received| {
+            // Both providers echo (part of) the key they were sent, as real ones do.
+            let sent = received
+                .header("authorization")
+                .map(|v| v.trim_start_matches("Bearer ").to_string())
+                .or_else(|| received.header("x-api-key").map(str::to_string))
+                .unwrap_or_default();
+            let message = format!("Incorrect API key provided: {sent}");
+            Answer::Json(
+                401,
+                json!({"type": "error", "error": {"type": "authentication_error", "message": message}}),
+            )
+        });
+        let app = TestApp::spawn();
+        app.create_profile("acct", provider_type, &upstream.url, key);
+        app.add_model("acct", "m", json!({}));
+        app.switch("agent", "acct", "m");
+
+        let r = chat(&app, "agent", &hello("hi"));
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(!r.text().contains(key), "{provider_type}: {}", r.text());
+        assert!(
+            r.text().contains("[redacted]"),
+            "{provider_type}: {}",
+            r.text()
+        );
+    }
+}
+
+#[test]
+fn an_anthropic_success_that_is_not_a_message_is_502() {
+    let upstream = FakeUpstream::start(|_| Answer::Json(200, json!({"unexpected": "shape"})));
+    let app = TestApp::spawn();
+    app.create_profile("claude", "anthropic", &upstream.url, "sk-ant-x");
+    app.add_model("claude", "claude-x", json!({}));
+    app.switch("agent", "claude", "claude-x");
+    let r = chat(&app, "agent", &hello("hi"));
+    assert_error(&r, 502);
+}
+
+#[test]
+fn malformed_chat_requests_are_400_naming_the_field_for_every_provider_type() {
+    let upstream = FakeUpstream::start(|_| Answer::Json(200, openai_completion("never")));
+    let app = TestApp::spawn();
+    for provider_type in ["openai", "openai_compatible", "anthropic"] {
+        let profile = format!("p-{provider_type}");
+        app.create_profile(&profile, provider_type, &upstream.url, "sk-x-123456");
+        app.add_model(&profile, "m", json!({}));
+        app.switch(provider_type, &profile, "m");
+        for (body, field) in [
+            (json!({"model": "x"}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": [{"content": "hi"}]}), "role"),
+            (
+                json!({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
+                "stream",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "10"}),
+                "max_tokens",
+            ),
+        ] {
+            let r = chat(&app, provider_type, &body);
+            let message = assert_error(&r, 400);
+            assert!(message.contains(field), "{provider_type} {body}: {message}");
+        }
+    }
+    assert!(upstream.received().is_empty());
+}
+
 const FAILING_KEY_PREFIX: &str = "sk-failing-secret";
 
 /// A server with one worker and a short upstream timeout, so that a worker left busy by a
