@@ -17,6 +17,8 @@ RUN case "${TARGETARCH:-amd64}" in \
     esac \
     && rustup target add "$(cat /rust-target)"
 WORKDIR /src
+# ring's C parts: the cc crate would look for an <arch>-linux-musl-gcc that Debian lacks.
+ENV CC_x86_64_unknown_linux_musl=musl-gcc CC_aarch64_unknown_linux_musl=musl-gcc
 
 # Dependencies first, in a layer of their own: a change to the code does not rebuild them.
 COPY Cargo.toml Cargo.lock ./

@@ -20,18 +20,33 @@ pub fn migrate(config: &Config) -> Result<Vec<&'static str>, String> {
     let mut client = loop {
         match pg.connect(postgres::NoTls) {
             Ok(client) => break client,
-            Err(e) if Instant::now() < deadline => {
-                crate::warn!("database not reachable yet ({e}); retrying");
+            // A database that answers "no" will not say yes later: fail at once.
+            Err(e) if e.as_db_error().is_none() && Instant::now() < deadline => {
+                crate::warn!("database not reachable yet ({}); retrying", describe(&e));
                 thread::sleep(Duration::from_secs(1));
             }
             Err(e) => {
                 return Err(format!(
-                    "cannot connect to the database (DATABASE_URL): {e}"
+                    "cannot connect to the database (DATABASE_URL): {}",
+                    describe(&e)
                 ))
             }
         }
     };
     migrate::run(&mut client).map_err(|e| e.to_string())
+}
+
+/// The useful part of a connection error: the server's message (`database "x" does not
+/// exist`) or the I/O cause, rather than postgres' bare "db error".
+fn describe(e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Migrates, binds and starts the workers.

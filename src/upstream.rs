@@ -121,6 +121,9 @@ fn respond(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response
 }
 
 fn transport_failure(t: &ureq::Transport) -> ApiError {
+    if t.kind() == ureq::ErrorKind::Dns {
+        return ApiError::BadGateway("upstream unreachable: its host name does not resolve".into());
+    }
     let mut source = t.source();
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
@@ -135,7 +138,6 @@ fn transport_failure(t: &ureq::Transport) -> ApiError {
     }
     // The kind's description never carries the URL (which is the profile's base_url).
     let reason = match t.kind() {
-        ureq::ErrorKind::Dns => "its host name does not resolve",
         ureq::ErrorKind::ConnectionFailed => "the connection failed",
         ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
             "the profile's base_url is not a usable URL"
