@@ -64,14 +64,17 @@ OPTIONS:
     --agent-id ID         the agent whose model is set                     [default]
     --sync-models         also fetch the provider's model list (asked when not given)
     --url URL             the server's base URL      [http://127.0.0.1:PORT, PORT from .env:
-                          SWITCHER_PUBLISH's port with Docker, PORT with --no-docker; else 8080]
+                          SWITCHER_PUBLISH's port with Docker; with --no-docker, PORT from
+                          the environment or else .env; else 8080]
     --env-file PATH       the file to create or update                     [.env]
     --no-docker           skip `docker compose up -d --build` (the server runs elsewhere)
     -y, --yes             ask nothing: take the defaults, fail if a required answer is missing
     -h, --help            print this help
 
-The wizard talks to the server with the keys in the env file, so the server must read the
-same file (Docker Compose does: env_file: .env).
+With Docker, the wizard talks to the server with the keys in the env file, which the
+service reads (env_file: .env). With --no-docker it reads keys and PORT as the server
+does: the environment first, then the env file. A key set in the environment is used as
+it is and never copied into the file; no replacement is generated for it.
 ";
 
 const ADMIN_KEY: &str = "ROUTER_ADMIN_KEY";
@@ -556,8 +559,32 @@ struct EnvPlan {
     text: Option<String>,
     /// One line per variable added or filled in; never a key's value.
     notes: Vec<String>,
+    /// One line per variable whose environment value overrides (or hides) the file's, or
+    /// that the Docker service will not see; never a value.
+    warnings: Vec<String>,
+    /// The variables of [`SHELL_VARS`] whose value comes from the environment, not the file.
+    from_env: Vec<&'static str>,
     /// The effective values after the change, read the way the server reads them.
     values: HashMap<String, String>,
+}
+
+/// The process environment as the wizard sees it, and whether the server shares it.
+struct Shell<'a> {
+    /// A variable of the environment (`std::env::var` in use; a map in the tests).
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// True with `--no-docker`: the server is started from this environment, which wins over
+    /// the env file (dotenvy never overrides a variable that is already set). The Docker
+    /// service sees only the env file (`env_file: .env`; compose passes no `ROUTER_*`
+    /// variable of the shell), so there the environment is ignored.
+    seen_by_server: bool,
+}
+
+/// The variables whose environment value the wizard itself uses: the keys for its API calls
+/// (and the KMS key's derivation), `PORT` for the default URL.
+const SHELL_VARS: [&str; 4] = [ADMIN_KEY, AGENT_KEY, KMS_KEY, "PORT"];
+
+fn is_blank(value: &str) -> bool {
+    value.trim().is_empty()
 }
 
 /// The variables of an env file in order, parsed as the server parses them (dotenvy).
@@ -616,16 +643,54 @@ fn is_empty_assignment(line: &str, name: &str) -> bool {
 
 /// Plans the env file: existing lines stay as they are; missing keys are generated with
 /// `random` and appended (or written into a line that sets them to nothing); missing
-/// defaults are appended. The result is checked as the server would check it.
-fn plan_env(existing: &str, random: &mut dyn FnMut(usize) -> Vec<u8>) -> Result<EnvPlan, String> {
-    let mut values: HashMap<String, String> = HashMap::new();
+/// defaults are appended. A key the server takes from the environment (`shell`) exists
+/// already: it is used, never generated, and never copied into the file. The result is
+/// checked as the server would check it. `file` names the env file in messages.
+fn plan_env(
+    existing: &str,
+    file: &str,
+    shell: &Shell,
+    random: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<EnvPlan, String> {
+    let mut in_file: HashMap<String, String> = HashMap::new();
     // dotenvy keeps the first definition of a variable, so the wizard does too.
-    for (name, value) in parse_env(existing)? {
-        values.entry(name).or_insert(value);
+    for (name, value) in parse_env(existing).map_err(|e| format!("{file}: {e}"))? {
+        in_file.entry(name).or_insert(value);
+    }
+    let mut values = in_file.clone();
+    let mut warnings = Vec::new();
+    let mut from_env = Vec::new();
+    for name in SHELL_VARS {
+        let Some(env_value) = (shell.lookup)(name) else {
+            continue;
+        };
+        let file_value = in_file.get(name).filter(|v| !is_blank(v));
+        if !shell.seen_by_server {
+            // Compose fixes the container's PORT; SWITCHER_PUBLISH decides the URL.
+            if name != "PORT" && !is_blank(&env_value) && file_value != Some(&env_value) {
+                warnings.push(format!(
+                    "{name} is set in this environment, but the Docker service reads only {file}, so the wizard uses {file}'s"
+                ));
+            }
+        } else if is_blank(&env_value) {
+            // Set, even to nothing, it keeps the server from reading the file's value.
+            warnings.push(format!(
+                "{name} is set but empty in the environment, which hides {file}'s {name} from the server; unset it or give it a value"
+            ));
+        } else {
+            if file_value.is_some_and(|v| *v != env_value) {
+                warnings.push(format!(
+                    "{name} in the environment differs from the one in {file}; the server uses the environment's, and so does the wizard"
+                ));
+            }
+            values.insert(name.to_string(), env_value);
+            from_env.push(name);
+        }
     }
     let is_set = |values: &HashMap<String, String>, name: &str| {
-        values.get(name).is_some_and(|v| !v.trim().is_empty())
+        values.get(name).is_some_and(|v| !is_blank(v))
     };
+    // The admin key the server uses: the environment's when set, else the file's.
     let admin_existed = is_set(&values, ADMIN_KEY);
 
     let mut lines: Vec<String> = existing.split_inclusive('\n').map(String::from).collect();
@@ -651,12 +716,12 @@ fn plan_env(existing: &str, random: &mut dyn FnMut(usize) -> Vec<u8>) -> Result<
             ),
             _ => (crypto::hex(&random(32)), "new random key"),
         };
-        if values.contains_key(name) {
+        if in_file.contains_key(name) {
             let at = lines
                 .iter()
                 .position(|l| is_empty_assignment(l, name))
                 .ok_or_else(|| {
-                    format!("{name} is empty in a form the wizard cannot fill in; delete that line and run the wizard again")
+                    format!("{file}: {name} is empty in a form the wizard cannot fill in; delete that line and run the wizard again")
                 })?;
             let ending = if lines[at].ends_with("\r\n") {
                 "\r\n"
@@ -681,7 +746,25 @@ fn plan_env(existing: &str, random: &mut dyn FnMut(usize) -> Vec<u8>) -> Result<
         }
     }
 
-    if let Err(e) = Config::from_lookup(|name| values.get(name).cloned()) {
+    // The server's view: the environment first (set at all, even to nothing, it hides the
+    // file), then the file. The wizard's own variables are settled in `values` above.
+    let effective = |name: &str| -> Option<String> {
+        let env = if shell.seen_by_server && !SHELL_VARS.contains(&name) {
+            (shell.lookup)(name)
+        } else {
+            None
+        };
+        env.or_else(|| values.get(name).cloned())
+    };
+    if let Err(e) = Config::from_lookup(effective) {
+        let in_env = shell.seen_by_server
+            && (shell.lookup)(e.variable)
+                .is_some_and(|v| !SHELL_VARS.contains(&e.variable) || !is_blank(&v));
+        if in_env {
+            return Err(format!(
+                "{e} (the value set in the environment, which the server reads before {file}; the wizard never changes it)"
+            ));
+        }
         let hint = match e.variable {
             ADMIN_KEY | AGENT_KEY => {
                 "; the wizard never replaces an existing key: set a real one, or delete its line to have one generated"
@@ -691,31 +774,31 @@ fn plan_env(existing: &str, random: &mut dyn FnMut(usize) -> Vec<u8>) -> Result<
             }
             _ => "",
         };
-        return Err(format!("{e}{hint}"));
+        return Err(format!("{file}: {e}{hint}"));
     }
 
-    if notes.is_empty() {
-        return Ok(EnvPlan {
-            text: None,
-            notes,
-            values,
-        });
-    }
-    let mut text = lines.concat();
-    if !appended.is_empty() {
-        if text.trim().is_empty() {
-            text.push_str(NEW_FILE_HEADER);
-        } else {
-            if !text.ends_with('\n') {
-                text.push('\n');
+    let text = if notes.is_empty() {
+        None
+    } else {
+        let mut text = lines.concat();
+        if !appended.is_empty() {
+            if text.trim().is_empty() {
+                text.push_str(NEW_FILE_HEADER);
+            } else {
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str("\n# Added by `switcher-api wizard`.\n");
             }
-            text.push_str("\n# Added by `switcher-api wizard`.\n");
+            text.extend(appended);
         }
-        text.extend(appended);
-    }
+        Some(text)
+    };
     Ok(EnvPlan {
-        text: Some(text),
+        text,
         notes,
+        warnings,
+        from_env,
         values,
     })
 }
@@ -809,8 +892,21 @@ fn run(flags: &Flags) -> Result<(), String> {
         .unwrap_or_else(|| PathBuf::from(".env"));
     let shown = env_path.display().to_string();
     let existing = read_env_file(&env_path)?;
-    let plan = plan_env(existing.as_deref().unwrap_or(""), &mut crypto::random_bytes)
-        .map_err(|e| format!("{shown}: {e}"))?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let shell = Shell {
+        lookup: &lookup,
+        seen_by_server: flags.no_docker,
+    };
+    let plan = plan_env(
+        existing.as_deref().unwrap_or(""),
+        &shown,
+        &shell,
+        &mut crypto::random_bytes,
+    )?;
+    // Before any question, so that the operator can still stop here.
+    for warning in &plan.warnings {
+        say!("Warning: {warning}.");
+    }
 
     let answers = if flags.yes {
         resolve_answers(flags, &mut Unattended)?
@@ -841,15 +937,26 @@ fn run(flags: &Flags) -> Result<(), String> {
         .url
         .clone()
         .unwrap_or_else(|| default_server_url(&plan.values, !flags.no_docker));
-    let api = Api::new(&url, &plan.values, &shown);
+    let api = Api::new(&url, &plan, &shown);
     wait_until_healthy(&api, !flags.no_docker)?;
     set_up(&api, &answers)?;
-    print_summary(&url, &plan.values[AGENT_KEY], &answers);
+    let admin_key_at = if plan.from_env.contains(&ADMIN_KEY) {
+        "your environment".to_string()
+    } else {
+        shown
+    };
+    print_summary(&url, &plan.values[AGENT_KEY], &admin_key_at, &answers);
     Ok(())
 }
 
 fn apply_env_plan(path: &Path, existed: bool, plan: &EnvPlan) -> Result<(), String> {
     let shown = path.display();
+    if !plan.from_env.is_empty() {
+        say!(
+            "Using {} from the environment (it wins over {shown}; not copied into it).",
+            plan.from_env.join(", ")
+        );
+    }
     match &plan.text {
         Some(text) => {
             write_atomically(path, text).map_err(|e| format!("cannot write {shown}: {e}"))?;
@@ -862,6 +969,7 @@ fn apply_env_plan(path: &Path, existed: bool, plan: &EnvPlan) -> Result<(), Stri
                 say!("  + {note}");
             }
         }
+        None if !existed => say!("{shown} not created: the environment sets every key."),
         None => {
             let was = make_private(path)
                 .map_err(|e| format!("cannot restrict {shown} to mode 0600: {e}"))?;
@@ -907,7 +1015,9 @@ struct Api {
     url: String,
     admin_key: String,
     agent_key: String,
-    env_file: String,
+    /// Where each key came from, for the hint after a 401 or 403.
+    admin_key_at: String,
+    agent_key_at: String,
 }
 
 /// A finished call: any status, the body as JSON (`Null` when it is not).
@@ -917,7 +1027,14 @@ struct Answer {
 }
 
 impl Api {
-    fn new(url: &str, values: &HashMap<String, String>, env_file: &str) -> Api {
+    fn new(url: &str, plan: &EnvPlan, env_file: &str) -> Api {
+        let at = |name: &str| {
+            if plan.from_env.contains(&name) {
+                "the environment".to_string()
+            } else {
+                env_file.to_string()
+            }
+        };
         Api {
             // Model sync waits on the provider (up to UPSTREAM_TIMEOUT_MS per page).
             agent: ureq::AgentBuilder::new()
@@ -925,9 +1042,10 @@ impl Api {
                 .timeout(Duration::from_secs(180))
                 .build(),
             url: url.trim_end_matches('/').to_string(),
-            admin_key: values[ADMIN_KEY].clone(),
-            agent_key: values[AGENT_KEY].clone(),
-            env_file: env_file.to_string(),
+            admin_key: plan.values[ADMIN_KEY].clone(),
+            agent_key: plan.values[AGENT_KEY].clone(),
+            admin_key_at: at(ADMIN_KEY),
+            agent_key_at: at(AGENT_KEY),
         }
     }
 
@@ -977,12 +1095,12 @@ impl Api {
             .unwrap_or("no error message");
         let hint = match (answer.status, key) {
             (401 | 403, Key::Admin) => format!(
-                " (the server does not take ROUTER_ADMIN_KEY from {}: does it read this file?)",
-                self.env_file
+                " (the server does not take ROUTER_ADMIN_KEY from {}: was it started with the same one?)",
+                self.admin_key_at
             ),
             (401 | 403, Key::Agent) => format!(
-                " (the server does not take ROUTER_AGENT_KEY from {}: does it read this file?)",
-                self.env_file
+                " (the server does not take ROUTER_AGENT_KEY from {}: was it started with the same one?)",
+                self.agent_key_at
             ),
             _ => String::new(),
         };
@@ -1168,7 +1286,7 @@ fn py(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
-fn print_summary(url: &str, agent_key: &str, a: &Answers) {
+fn print_summary(url: &str, agent_key: &str, admin_key_at: &str, a: &Answers) {
     let base = format!("{url}/v1");
     say!(
         "
@@ -1179,7 +1297,7 @@ Ready. Agent {agent} uses {profile} / {model}.
   Agent key:       {agent_key}
   Agent id:        {agent}   (sent as the x-agent-id header)
 
-The admin key is ROUTER_ADMIN_KEY in the env file; keep it private. Switch models with
+The admin key is ROUTER_ADMIN_KEY in {admin_key_at}; keep it private. Switch models with
 POST {url}/api/switch.
 
 OpenAI SDK (Python):
@@ -1224,8 +1342,32 @@ mod tests {
         }
     }
 
+    /// Plans `existing` with `env` as the environment, which the server reads when
+    /// `seen_by_server` (`--no-docker`).
+    fn plan_with(
+        existing: &str,
+        env: &[(&str, &str)],
+        seen_by_server: bool,
+    ) -> Result<EnvPlan, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |name: &str| env.get(name).cloned();
+        let shell = Shell {
+            lookup: &lookup,
+            seen_by_server,
+        };
+        plan_env(existing, ".env", &shell, &mut counter())
+    }
+
+    /// Plans `existing` with an empty environment.
+    fn try_plan(existing: &str) -> Result<EnvPlan, String> {
+        plan_with(existing, &[], true)
+    }
+
     fn plan(existing: &str) -> EnvPlan {
-        plan_env(existing, &mut counter()).unwrap()
+        try_plan(existing).unwrap()
     }
 
     fn temp_dir(label: &str) -> PathBuf {
@@ -1310,12 +1452,11 @@ mod tests {
 
     #[test]
     fn placeholder_keys_are_reported_not_replaced() {
-        let e = plan_env(
+        let e = try_plan(
             "ROUTER_ADMIN_KEY=change-me-admin-key\nROUTER_AGENT_KEY=change-me-agent-key\n",
-            &mut counter(),
         )
         .unwrap_err();
-        assert!(e.starts_with("ROUTER_ADMIN_KEY "), "{e}");
+        assert!(e.starts_with(".env: ROUTER_ADMIN_KEY "), "{e}");
         assert!(
             e.contains("placeholder") && e.contains("never replaces"),
             "{e}"
@@ -1325,23 +1466,169 @@ mod tests {
 
     #[test]
     fn a_broken_kms_key_or_equal_keys_are_reported() {
-        let e = plan_env("ROUTER_KMS_KEY=short\n", &mut counter()).unwrap_err();
-        assert!(e.starts_with("ROUTER_KMS_KEY "), "{e}");
-        let e = plan_env(
-            "ROUTER_ADMIN_KEY=same\nROUTER_AGENT_KEY=same\n",
-            &mut counter(),
-        )
-        .unwrap_err();
+        let e = try_plan("ROUTER_KMS_KEY=short\n").unwrap_err();
+        assert!(e.starts_with(".env: ROUTER_KMS_KEY "), "{e}");
+        let e = try_plan("ROUTER_ADMIN_KEY=same\nROUTER_AGENT_KEY=same\n").unwrap_err();
+        assert!(e.starts_with(".env: ROUTER_AGENT_KEY "), "{e}");
+    }
+
+    fn derived_kms(admin: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(admin.as_bytes()))
+    }
+
+    /// The value of `name` in an env file's text, as the server would read it.
+    fn file_value(text: &str, name: &str) -> Option<String> {
+        parse_env(text)
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn keys_from_the_environment_are_used_and_never_generated_or_copied() {
+        let env = [(ADMIN_KEY, "env-admin"), (AGENT_KEY, "env-agent")];
+        let p = plan_with("", &env, true).unwrap();
+        assert_eq!(p.values[ADMIN_KEY], "env-admin");
+        assert_eq!(p.values[AGENT_KEY], "env-agent");
+        assert_eq!(p.from_env, [ADMIN_KEY, AGENT_KEY]);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let text = p.text.unwrap();
+        assert!(
+            !text.contains(ADMIN_KEY) && !text.contains(AGENT_KEY),
+            "{text}"
+        );
+        assert!(!text.contains("env-admin") && !text.contains("env-agent"));
+        // Never random: the key the server derived from the admin key it actually uses.
+        assert_eq!(
+            file_value(&text, KMS_KEY).unwrap(),
+            derived_kms("env-admin")
+        );
+        assert_eq!(p.values[KMS_KEY], derived_kms("env-admin"));
+        assert_eq!(file_value(&text, "PORT").unwrap(), "8080");
+    }
+
+    #[test]
+    fn an_environment_that_sets_everything_leaves_nothing_to_write() {
+        let kms = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let env = [
+            (ADMIN_KEY, "env-admin"),
+            (AGENT_KEY, "env-agent"),
+            (KMS_KEY, kms.as_str()),
+            ("PORT", "9123"),
+        ];
+        let p = plan_with("", &env, true).unwrap();
+        assert!(p.text.is_none() && p.notes.is_empty());
+        assert_eq!(p.values[KMS_KEY], kms);
+        assert_eq!(
+            default_server_url(&p.values, false),
+            "http://127.0.0.1:9123"
+        );
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_with_one_warning_and_the_file_untouched() {
+        let existing = "ROUTER_ADMIN_KEY=file-admin\nROUTER_AGENT_KEY=file-agent\nPORT=9000\n";
+        let env = [(ADMIN_KEY, "env-admin"), ("PORT", "9001")];
+        let p = plan_with(existing, &env, true).unwrap();
+        assert_eq!(p.values[ADMIN_KEY], "env-admin");
+        assert_eq!(p.values[AGENT_KEY], "file-agent");
+        assert_eq!(
+            default_server_url(&p.values, false),
+            "http://127.0.0.1:9001"
+        );
+        let text = p.text.unwrap();
+        assert!(text.starts_with(existing), "{text}");
+        assert_eq!(
+            file_value(&text, KMS_KEY).unwrap(),
+            derived_kms("env-admin")
+        );
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[0].starts_with("ROUTER_ADMIN_KEY in the environment differs"));
+        assert!(p.warnings[1].starts_with("PORT in the environment differs"));
+        for w in &p.warnings {
+            assert!(!w.contains("admin-") && !w.contains("900"), "{w}");
+        }
+        // The same value in both places is no disagreement.
+        let p = plan_with(existing, &[(ADMIN_KEY, "file-admin")], true).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn empty_lines_of_keys_the_environment_sets_are_left_as_they_are() {
+        let existing = "ROUTER_ADMIN_KEY=\nROUTER_AGENT_KEY=file-agent\nROUTER_KMS_KEY=\n";
+        let p = plan_with(existing, &[(ADMIN_KEY, "env-admin")], true).unwrap();
+        let text = p.text.unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ROUTER_ADMIN_KEY=");
+        assert_eq!(
+            lines[2],
+            format!("ROUTER_KMS_KEY={}", derived_kms("env-admin"))
+        );
+        assert_eq!(p.values[ADMIN_KEY], "env-admin");
+    }
+
+    #[test]
+    fn a_kms_key_in_the_environment_is_not_replaced_in_the_file() {
+        let kms = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+        let existing = "ROUTER_ADMIN_KEY=file-admin\nROUTER_AGENT_KEY=file-agent\n";
+        let p = plan_with(existing, &[(KMS_KEY, kms.as_str())], true).unwrap();
+        let text = p.text.unwrap();
+        assert!(!text.contains(KMS_KEY), "{text}");
+        assert_eq!(p.values[KMS_KEY], kms);
+        // A broken one in the environment is the server's problem too, named as such.
+        let e = plan_with(existing, &[(KMS_KEY, "short")], true).unwrap_err();
+        assert!(
+            e.starts_with("ROUTER_KMS_KEY ") && e.contains("environment"),
+            "{e}"
+        );
+        assert!(!e.contains("short"), "{e}");
+    }
+
+    #[test]
+    fn the_effective_combination_is_validated() {
+        // The environment's agent key equals the file's admin key: the server would refuse.
+        let existing = "ROUTER_ADMIN_KEY=same\nROUTER_AGENT_KEY=file-agent\n";
+        let e = plan_with(existing, &[(AGENT_KEY, "same")], true).unwrap_err();
         assert!(e.starts_with("ROUTER_AGENT_KEY "), "{e}");
+        // A placeholder in the file does not matter when the environment replaces it.
+        let existing = "ROUTER_ADMIN_KEY=change-me-admin-key\nROUTER_AGENT_KEY=file-agent\n";
+        plan_with(existing, &[(ADMIN_KEY, "env-admin")], true).unwrap();
+        // Other variables count as the server reads them: environment first.
+        let e = plan_with("", &[("LOG_LEVEL", "loud")], true).unwrap_err();
+        assert!(
+            e.starts_with("LOG_LEVEL ") && e.contains("environment"),
+            "{e}"
+        );
+        plan_with("", &[("LOG_LEVEL", "loud")], false).unwrap();
+    }
+
+    #[test]
+    fn an_empty_value_in_the_environment_is_not_a_key_but_is_warned_about() {
+        let existing = "ROUTER_ADMIN_KEY=file-admin\nROUTER_AGENT_KEY=file-agent\n";
+        let p = plan_with(existing, &[(ADMIN_KEY, "")], true).unwrap();
+        assert_eq!(p.values[ADMIN_KEY], "file-admin");
+        assert!(p.from_env.is_empty());
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].starts_with("ROUTER_ADMIN_KEY is set but empty"));
+    }
+
+    #[test]
+    fn with_docker_the_environment_is_not_the_servers_and_is_only_warned_about() {
+        let env = [(ADMIN_KEY, "env-admin"), ("PORT", "9001")];
+        let p = plan_with("", &env, false).unwrap();
+        assert!(p.from_env.is_empty());
+        assert_ne!(p.values[ADMIN_KEY], "env-admin");
+        let text = p.text.unwrap();
+        assert_eq!(file_value(&text, ADMIN_KEY).unwrap(), p.values[ADMIN_KEY]);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("Docker"), "{:?}", p.warnings);
     }
 
     #[test]
     fn an_unparsable_line_is_named_without_its_contents() {
-        let e = plan_env(
-            "ROUTER_ADMIN_KEY=a1\nROUTER_AGENT_KEY=\"unterminated-secret\n",
-            &mut counter(),
-        )
-        .unwrap_err();
+        let e =
+            try_plan("ROUTER_ADMIN_KEY=a1\nROUTER_AGENT_KEY=\"unterminated-secret\n").unwrap_err();
         assert!(e.contains("ROUTER_ADMIN_KEY"), "{e}");
         assert!(!e.contains("unterminated-secret"), "{e}");
     }

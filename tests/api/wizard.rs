@@ -26,13 +26,33 @@ fn dir_with_env(text: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The variables the wizard takes from its environment (the server reads them there before
+/// `.env`), removed so that the test process's own cannot leak in.
+const WIZARD_ENV_VARS: &[&str] = &[
+    "ROUTER_ADMIN_KEY",
+    "ROUTER_AGENT_KEY",
+    "ROUTER_KMS_KEY",
+    "PORT",
+    "SWITCHER_PUBLISH",
+    "LOG_LEVEL",
+];
+
 /// Runs the wizard in `dir` with `stdin` as its input; waits at most two minutes.
 fn wizard(dir: &Path, args: &[&str], stdin: &str) -> Exit {
-    let mut child = Command::new(binary())
+    wizard_with_env(dir, args, stdin, &[])
+}
+
+/// [`wizard`] with `env` added to its environment.
+fn wizard_with_env(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Exit {
+    let mut command = Command::new(binary());
+    for var in WIZARD_ENV_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command
         .arg("wizard")
         .args(args)
         .current_dir(dir)
-        .env_remove("SWITCHER_PUBLISH")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -157,6 +177,89 @@ fn the_wizard_run_unattended_sets_up_a_profile_and_an_active_model_and_keeps_exi
     assert_eq!(active(&app, "bot")["model_name"], "m1");
 }
 
+/// The README's "From source": the keys exported, no `.env`. The wizard must use the keys
+/// the server uses (the environment's), generate none in their place, and not copy them into
+/// `.env`: the file gets no `ROUTER_ADMIN_KEY` or `ROUTER_AGENT_KEY` line at all, only the
+/// `ROUTER_KMS_KEY` the server already derived from the exported admin key.
+#[test]
+fn the_wizard_uses_keys_from_its_environment_and_writes_none_into_env() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+
+    let app = TestApp::spawn();
+    let dir = empty_dir();
+    let env_file = dir.join(".env");
+    let args = [
+        "--no-docker",
+        "--yes",
+        "--url",
+        &app.url,
+        "--profile-name",
+        "p-env",
+        "--provider-type",
+        "openai_compatible",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key",
+        "sk-env-provider-secret",
+        "--agent-id",
+        "env-bot",
+        "--model",
+        "m-env",
+    ];
+    let env = [
+        ("ROUTER_ADMIN_KEY", ADMIN_KEY),
+        ("ROUTER_AGENT_KEY", AGENT_KEY),
+    ];
+
+    let out = wizard_with_env(&dir, &args, "", &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let state = active(&app, "env-bot");
+    assert_eq!(state["profile_name"], "p-env");
+    assert_eq!(state["model_name"], "m-env");
+
+    let written = fs::read_to_string(&env_file).unwrap();
+    assert_eq!(mode(&env_file), 0o600);
+    let pairs: Vec<(String, String)> = dotenvy::from_read_iter(written.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        !names.contains(&"ROUTER_ADMIN_KEY") && !names.contains(&"ROUTER_AGENT_KEY"),
+        "{written}"
+    );
+    assert!(!written.contains(ADMIN_KEY) && !written.contains(AGENT_KEY));
+    let kms = pairs
+        .iter()
+        .find(|(n, _)| n == "ROUTER_KMS_KEY")
+        .map(|(_, v)| v.as_str())
+        .expect("ROUTER_KMS_KEY was added");
+    let derived =
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(ADMIN_KEY.as_bytes()));
+    assert_eq!(kms, derived);
+
+    let output = format!("{}{}", out.stdout, out.stderr);
+    assert!(!output.contains(ADMIN_KEY), "{output}");
+    assert!(!output.contains("Warning"), "{output}");
+    assert!(output.contains("from the environment"), "{output}");
+
+    // Again, now that .env exists: nothing changes, and a disagreeing file key is overruled
+    // by the environment with one warning that names the variable and no value.
+    let with_other_admin = format!("{written}ROUTER_ADMIN_KEY=some-other-admin-key\n");
+    fs::write(&env_file, &with_other_admin).unwrap();
+    let again = wizard_with_env(&dir, &args, "", &env);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(fs::read_to_string(&env_file).unwrap(), with_other_admin);
+    let warnings: Vec<&str> = again
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{again:?}");
+    assert!(warnings[0].contains("ROUTER_ADMIN_KEY"), "{again:?}");
+    assert!(!again.stdout.contains("some-other-admin-key"), "{again:?}");
+}
+
 /// Drives a program through a pseudo-terminal: `steps` are [expected text, answer or null];
 /// prints {"code", "transcript"} as JSON.
 const PTY_DRIVER: &str = r#"
@@ -232,7 +335,11 @@ fn the_wizard_driven_through_a_terminal_asks_again_after_a_wrong_answer() {
             ["Ready.", null],
         ],
     });
-    let out = Command::new("python3")
+    let mut python = Command::new("python3");
+    for var in WIZARD_ENV_VARS {
+        python.env_remove(var);
+    }
+    let out = python
         .arg(&script)
         .arg(spec.to_string())
         .output()
