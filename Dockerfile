@@ -22,6 +22,8 @@ ENV CC_x86_64_unknown_linux_musl=musl-gcc CC_aarch64_unknown_linux_musl=musl-gcc
 
 # Dependencies first, in a layer of their own: a change to the code does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# tiny_http, patched (see vendor/tiny_http/VENDORED.md).
+COPY vendor vendor
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -100,3 +100,30 @@ fn after_sigterm_new_connections_are_refused() {
     assert_eq!(app.terminate(), Some(0));
     assert!(std::net::TcpStream::connect(("127.0.0.1", app.port)).is_err());
 }
+
+/// Sends a request head declaring `length` body bytes, sends none, and returns the status line.
+fn declare_body(port: u16, head: &str, length: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(conn, "{head}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    let mut status = String::new();
+    BufReader::new(conn).read_line(&mut status).unwrap();
+    status
+}
+
+#[test]
+fn requests_declaring_enormous_bodies_cannot_bring_the_server_down() {
+    let app = TestApp::spawn_with(&[("WORKERS", "2"), ("REQUEST_READ_TIMEOUT_MS", "500")]);
+    for _ in 0..3 {
+        // Answered before the body is read: the unread rest used to be drained into one
+        // buffer of its declared size.
+        let status = declare_body(app.port, "POST /nope HTTP/1.1", "18446744073709551615");
+        assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+        let status = declare_body(app.port, "POST /admin/profiles HTTP/1.1", "109951162777600");
+        assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+    }
+    let r = app.request("GET", "/healthz").send();
+    assert_eq!(r.status, 200);
+    assert!(!app.logs().contains("panicked"), "{}", app.logs());
+}
