@@ -4,6 +4,8 @@
 //! socket; the proxy does the I/O and the stream translator reuses `finish_reason` and
 //! `usage_from_anthropic`.
 
+use std::collections::HashSet;
+
 use serde_json::{json, Map, Value};
 
 use crate::usage::Usage;
@@ -375,15 +377,15 @@ fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>, plai
 }
 
 fn finish_turn(turn: Turn) -> Value {
-    let mut seen_tool_ids: Vec<String> = Vec::new();
+    // A set, not a list: one request can hold hundreds of thousands of tool calls.
+    let mut seen_tool_ids: HashSet<String> = HashSet::new();
     let mut blocks: Vec<Value> = Vec::with_capacity(turn.blocks.len());
     for block in turn.blocks {
         if block["type"] == "tool_use" {
             let id = block["id"].as_str().unwrap_or_default().to_string();
-            if seen_tool_ids.contains(&id) {
+            if !seen_tool_ids.insert(id) {
                 continue;
             }
-            seen_tool_ids.push(id);
         }
         blocks.push(block);
     }
@@ -741,12 +743,13 @@ pub fn translate_response(anthropic: &Value, created: u64) -> Value {
 pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
     let usage = usage.as_object()?;
     // Missing or null counts are zero: message_delta carries only output_tokens, and cache
-    // fields are null when caching was not used.
+    // fields are null when caching was not used. The counts come from the upstream, so their
+    // sum saturates rather than overflow.
     let count = |key: &str| usage.get(key).and_then(Value::as_i64).unwrap_or(0);
     Some(Usage {
         prompt_tokens: count("input_tokens")
-            + count("cache_creation_input_tokens")
-            + count("cache_read_input_tokens"),
+            .saturating_add(count("cache_creation_input_tokens"))
+            .saturating_add(count("cache_read_input_tokens")),
         completion_tokens: count("output_tokens"),
     })
 }
@@ -1953,6 +1956,48 @@ mod tests {
                 completion_tokens: 12
             })
         );
+    }
+
+    #[test]
+    fn huge_upstream_token_counts_saturate_instead_of_overflowing() {
+        let out = translate_response(
+            &json!({
+                "id": "msg_07",
+                "model": "m",
+                "content": [{ "type": "text", "text": "x" }],
+                "stop_reason": "end_turn",
+                "usage": {
+                    "input_tokens": i64::MAX,
+                    "cache_read_input_tokens": i64::MAX,
+                    "output_tokens": i64::MAX,
+                },
+            }),
+            1,
+        );
+        assert_eq!(
+            out["usage"],
+            json!({ "prompt_tokens": i64::MAX, "completion_tokens": i64::MAX, "total_tokens": i64::MAX })
+        );
+    }
+
+    #[test]
+    fn many_repeated_tool_calls_are_deduplicated_quickly() {
+        // 200k calls with 100k distinct ids: a list lookup would take minutes here.
+        let calls: Vec<Value> = (0..200_000)
+            .map(|i| {
+                json!({ "id": format!("call_{}", i % 100_000), "type": "function",
+                             "function": { "name": "f", "arguments": "{}" } })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let messages = messages_of(json!({
+            "messages": [
+                { "role": "user", "content": "go" },
+                { "role": "assistant", "tool_calls": calls },
+            ],
+        }));
+        assert_eq!(messages[1]["content"].as_array().unwrap().len(), 100_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -123,7 +123,10 @@ impl Translator {
             return None;
         }
         Some(Usage {
-            prompt_tokens: fields[..3].iter().map(|n| n.unwrap_or(0)).sum(),
+            // Upstream-supplied counts: saturate rather than overflow.
+            prompt_tokens: fields[..3]
+                .iter()
+                .fold(0i64, |sum, n| sum.saturating_add(n.unwrap_or(0))),
             completion_tokens: self.output_tokens.unwrap_or(0),
         })
     }
@@ -663,6 +666,21 @@ data: {"type":"message_stop"}
                 completion_tokens: 15
             })
         );
+    }
+
+    #[test]
+    fn huge_upstream_token_counts_saturate_instead_of_overflowing() {
+        let max = i64::MAX;
+        let start = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m\",\
+             \"model\":\"m\",\"usage\":{{\"input_tokens\":{max},\
+             \"cache_read_input_tokens\":{max},\"output_tokens\":1}}}}}}\n\n"
+        );
+        let mut translator = Translator::new(1, "m", true);
+        translator.feed(start.as_bytes());
+        let usage = translator.usage().unwrap();
+        assert_eq!(usage.prompt_tokens, max);
+        assert_eq!(usage.total_tokens(), max);
     }
 
     #[test]

@@ -56,8 +56,88 @@ impl App {
             .map_err(|_| undecryptable())?;
         serde_json::from_slice(&plaintext).map_err(|_| undecryptable())
     }
+
+    /// Opens a profile's credentials and returns its `api_key`; a clear, secret-free error
+    /// naming the profile when it cannot be opened or holds no usable key.
+    pub fn open_api_key(
+        &self,
+        profile_id: i64,
+        profile_name: &str,
+        sealed: &[u8],
+    ) -> Result<String, ApiError> {
+        let credentials = self.open_credentials(profile_id, profile_name, sealed)?;
+        match credentials
+            .get("api_key")
+            .and_then(serde_json::Value::as_str)
+        {
+            Some(key) if usable_api_key(key) => Ok(key.to_string()),
+            // Stored before keys were checked, or written to the table by hand.
+            _ => Err(ApiError::Misconfigured(format!(
+                "the credentials of profile '{profile_name}' hold no usable api_key; set new \
+                 credentials with PATCH /admin/profiles/{profile_id}"
+            ))),
+        }
+    }
+}
+
+/// An API key that can go into an HTTP header as it is: not empty, and without whitespace or
+/// control characters.
+pub fn usable_api_key(key: &str) -> bool {
+    !key.is_empty() && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn credentials_aad(profile_id: i64) -> Vec<u8> {
     format!("switcher-api/profiles/{profile_id}/credentials").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn app() -> App {
+        let config = Config::from_lookup(|name| match name {
+            "ROUTER_ADMIN_KEY" => Some("admin-key-for-unit-tests".into()),
+            "ROUTER_AGENT_KEY" => Some("agent-key-for-unit-tests".into()),
+            _ => None,
+        })
+        .unwrap();
+        let pg = crate::db::parse_url(&config.database_url).unwrap();
+        // The pool connects lazily, and nothing here asks it for a connection.
+        App::new(config, crate::db::pool(pg, 1))
+    }
+
+    #[test]
+    fn the_api_key_is_opened_from_the_sealed_credentials() {
+        let app = app();
+        let sealed = app.seal_credentials(7, &json!({"api_key": "sk-fine", "org": "o"}));
+        assert_eq!(app.open_api_key(7, "p", &sealed).unwrap(), "sk-fine");
+        let e = app.open_api_key(8, "p", &sealed).unwrap_err();
+        assert!(e.message().contains("cannot be decrypted"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_api_key_that_cannot_go_into_a_header_is_refused_naming_the_profile() {
+        let app = app();
+        for credentials in [
+            json!({"api_key": "sk-stored-before\n"}),
+            json!({"api_key": "sk stored"}),
+            json!({"api_key": ""}),
+            json!({"api_key": 5}),
+            json!({}),
+        ] {
+            let sealed = app.seal_credentials(7, &credentials);
+            let e = app.open_api_key(7, "p", &sealed).unwrap_err();
+            assert_eq!(e.status(), 500, "{credentials}: {e}");
+            let message = e.message();
+            assert!(
+                message.contains("'p'") && message.contains("PATCH /admin/profiles/7"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("sk-stored") && !message.contains("sk stored"),
+                "{message}"
+            );
+        }
+    }
 }

@@ -53,9 +53,21 @@ pub struct RequestRecord {
     pub error: Option<String>,
 }
 
+/// The longest `error` stored; upstream error text (a stream's error event) can be long.
+const MAX_ERROR_CHARS: usize = 500;
+
 pub fn record_request(c: &mut impl GenericClient, r: &RequestRecord) -> Result<(), ApiError> {
     let t = r.target.as_ref();
-    let usage = |f: fn(&Usage) -> i64| r.usage.as_ref().map(|u| f(u).min(i32::MAX as i64) as i32);
+    // The columns are `integer`; an upstream's count can be anything an i64 holds.
+    let usage = |f: fn(&Usage) -> i64| {
+        r.usage
+            .as_ref()
+            .map(|u| f(u).clamp(0, i32::MAX as i64) as i32)
+    };
+    let error = r
+        .error
+        .as_deref()
+        .map(|e| truncate_chars(e, MAX_ERROR_CHARS));
     c.execute(
         "INSERT INTO audit_requests (agent_id, profile_name, provider_type, model_name, stream,
              status, latency_ms, prompt_tokens, completion_tokens, total_tokens, prompt_sha256,
@@ -73,10 +85,18 @@ pub fn record_request(c: &mut impl GenericClient, r: &RequestRecord) -> Result<(
             &usage(|u| u.completion_tokens),
             &usage(Usage::total_tokens),
             &r.prompt_sha256,
-            &r.error,
+            &error,
         ],
     )?;
     Ok(())
+}
+
+/// At most `max` characters of `s`, cut on a character boundary.
+fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => &s[..cut],
+        None => s,
+    }
 }
 
 /// Hex SHA-256 of the `prompt` field (or nothing) followed by the compact JSON of `messages`
@@ -121,6 +141,17 @@ mod tests {
         let expected =
             crate::crypto::sha256_hex(r#"[{"content":"héllo \"q\"","role":"user"}]"#.as_bytes());
         assert_eq!(prompt_sha256(body.as_object().unwrap()), expected);
+    }
+
+    #[test]
+    fn errors_are_cut_to_500_characters_on_a_character_boundary() {
+        assert_eq!(truncate_chars("short", MAX_ERROR_CHARS), "short");
+        let exact = "é".repeat(MAX_ERROR_CHARS);
+        assert_eq!(truncate_chars(&exact, MAX_ERROR_CHARS), exact);
+        let long = format!("a{}", "é".repeat(1000));
+        let cut = truncate_chars(&long, MAX_ERROR_CHARS);
+        assert_eq!(cut.chars().count(), MAX_ERROR_CHARS);
+        assert_eq!(cut, format!("a{}", "é".repeat(MAX_ERROR_CHARS - 1)));
     }
 
     #[test]

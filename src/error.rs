@@ -145,8 +145,12 @@ impl From<postgres::Error> for ApiError {
             if *code == SqlState::UNIQUE_VIOLATION {
                 return ApiError::Conflict("already exists".into());
             }
+            // Which record is missing or still referenced depends on the operation, so each
+            // store function that can meet one words it; this is only the fallback.
             if *code == SqlState::FOREIGN_KEY_VIOLATION || *code == SqlState::RESTRICT_VIOLATION {
-                return ApiError::Conflict("still referenced by other records".into());
+                return ApiError::Conflict(
+                    "the request conflicts with a concurrent change to a related record".into(),
+                );
             }
             let class = &code.code()[..2];
             // 08: connection exceptions, 57: operator intervention (shutdown), 53: resources.
@@ -155,9 +159,30 @@ impl From<postgres::Error> for ApiError {
             }
             return ApiError::Internal(format!("database error: {db}"));
         }
-        // No server-side error: the connection itself failed or was closed.
-        ApiError::DbUnavailable(e.to_string())
+        if is_connection_failure(&e) {
+            return ApiError::DbUnavailable(e.to_string());
+        }
+        // A client-side error that is not about the connection (a query that returned an
+        // unexpected number of rows, a type mismatch) is a bug of ours, not an outage.
+        ApiError::Internal(format!("database client error: {e}"))
     }
+}
+
+/// Whether a client-side database error means the connection is gone: closed, or an I/O
+/// failure somewhere in its cause chain.
+fn is_connection_failure(e: &postgres::Error) -> bool {
+    e.is_closed() || caused_by_io(e)
+}
+
+fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl From<r2d2::Error> for ApiError {
@@ -176,6 +201,40 @@ mod tests {
         assert_eq!(e.status(), 500);
         assert!(!e.body().to_string().contains("secret_table"));
         assert!(e.to_string().contains("secret_table"));
+    }
+
+    /// An error whose cause is another error, as drivers wrap the I/O errors they meet.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "wrapped: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn an_io_error_anywhere_in_the_cause_chain_is_a_connection_failure() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(caused_by_io(&io));
+        assert!(caused_by_io(&Wrapped(Box::new(Wrapped(Box::new(io))))));
+        let not_io = std::fmt::Error;
+        assert!(!caused_by_io(&Wrapped(Box::new(not_io))));
+    }
+
+    #[test]
+    fn a_client_side_error_that_is_not_about_the_connection_is_a_500() {
+        // The driver's only public constructor: a timeout with no I/O cause behind it, like
+        // "query returned an unexpected number of rows".
+        let e = ApiError::from(postgres::Error::__private_api_timeout());
+        assert_eq!(e.status(), 500, "{e}");
+        assert_eq!(e.message(), "internal server error");
     }
 
     #[test]

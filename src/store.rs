@@ -1,11 +1,45 @@
 //! SQL for profiles, models and agent state. Functions take any client, so they work alone
 //! or inside a transaction.
 
+use postgres::error::SqlState;
 use postgres::{GenericClient, Row};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::iso;
+
+/// The row lock a read takes, inside a transaction, until that transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A plain read.
+    None,
+    /// Others may read and share-lock the row, but not change or delete it.
+    Share,
+    /// The row is ours to change or delete.
+    Update,
+}
+
+impl Lock {
+    /// The locking clause; `of` names the table whose rows are locked in a join.
+    fn clause(self, of: &str) -> String {
+        match self {
+            Lock::None => String::new(),
+            Lock::Share => format!(" FOR SHARE OF {of}"),
+            Lock::Update => format!(" FOR UPDATE OF {of}"),
+        }
+    }
+}
+
+/// A foreign-key violation means something different to each operation (a record that is
+/// gone, or one still referenced), so each maps it to its own error with `on_foreign_key`.
+fn on_foreign_key(e: postgres::Error, mapped: impl FnOnce() -> ApiError) -> ApiError {
+    let code = e.code();
+    if code == Some(&SqlState::FOREIGN_KEY_VIOLATION) || code == Some(&SqlState::RESTRICT_VIOLATION)
+    {
+        return mapped();
+    }
+    ApiError::from(e)
+}
 
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -140,39 +174,49 @@ pub fn list_profiles(c: &mut impl GenericClient) -> Result<Vec<Profile>, ApiErro
     Ok(c.query(&sql, &[])?.iter().map(Profile::from_row).collect())
 }
 
-/// A profile by id, locked for update when `for_update` (inside a transaction).
+/// A profile by id, with the row lock `lock`.
 pub fn find_profile(
     c: &mut impl GenericClient,
     id: i64,
-    for_update: bool,
+    lock: Lock,
 ) -> Result<Option<Profile>, ApiError> {
     let sql = format!(
         "SELECT {} FROM profiles p WHERE p.id = $1{}",
         Profile::COLUMNS,
-        if for_update { " FOR UPDATE" } else { "" }
+        lock.clause("p")
     );
     Ok(c.query_opt(&sql, &[&id])?.as_ref().map(Profile::from_row))
 }
 
+/// A profile by name, with the row lock `lock`.
 pub fn find_profile_by_name(
     c: &mut impl GenericClient,
     name: &str,
+    lock: Lock,
 ) -> Result<Option<Profile>, ApiError> {
     // Postgres text cannot hold U+0000, so no stored name has it, and sending it would fail.
     if name.contains('\0') {
         return Ok(None);
     }
     let sql = format!(
-        "SELECT {} FROM profiles p WHERE p.profile_name = $1",
-        Profile::COLUMNS
+        "SELECT {} FROM profiles p WHERE p.profile_name = $1{}",
+        Profile::COLUMNS,
+        lock.clause("p")
     );
     Ok(c.query_opt(&sql, &[&name])?.as_ref().map(Profile::from_row))
 }
 
-/// The sealed credentials of a profile.
-pub fn profile_credentials(c: &mut impl GenericClient, id: i64) -> Result<Vec<u8>, ApiError> {
-    let row = c.query_one("SELECT credentials_enc FROM profiles WHERE id = $1", &[&id])?;
-    Ok(row.get(0))
+/// A profile by id and its sealed credentials, read together so that they agree.
+pub fn find_profile_with_credentials(
+    c: &mut impl GenericClient,
+    id: i64,
+) -> Result<Option<(Profile, Vec<u8>)>, ApiError> {
+    let sql = format!(
+        "SELECT {}, p.credentials_enc FROM profiles p WHERE p.id = $1",
+        Profile::COLUMNS
+    );
+    Ok(c.query_opt(&sql, &[&id])?
+        .map(|row| (Profile::from_row(&row), row.get(6))))
 }
 
 pub fn update_profile(
@@ -193,8 +237,9 @@ pub fn update_profile(
     Ok(Profile::from_row(&row))
 }
 
-/// Deletes a profile and its models unless an agent points at it; false when it is unknown.
-pub fn delete_profile(c: &mut impl GenericClient, id: i64) -> Result<bool, ApiError> {
+/// Deletes a profile and its models unless an agent points at it. The caller holds the
+/// profile's row `FOR UPDATE`, so it exists and no switch to it can start meanwhile.
+pub fn delete_profile(c: &mut impl GenericClient, id: i64) -> Result<(), ApiError> {
     let in_use: i64 = c
         .query_one(
             "SELECT count(*) FROM agent_state WHERE profile_id = $1",
@@ -206,16 +251,16 @@ pub fn delete_profile(c: &mut impl GenericClient, id: i64) -> Result<bool, ApiEr
             "profile is the active profile of {in_use} agent(s); switch them elsewhere first"
         )));
     }
-    let deleted = c
-        .execute("DELETE FROM profiles WHERE id = $1", &[&id])
-        .map_err(|e| match ApiError::from(e) {
-            // An agent switched to it between the check and the delete.
-            ApiError::Conflict(_) => ApiError::Conflict(
-                "profile is the active profile of an agent; switch it elsewhere first".into(),
-            ),
-            other => other,
+    c.execute("DELETE FROM profiles WHERE id = $1", &[&id])
+        .map_err(|e| {
+            // Only if a caller skipped the lock: an agent switched to it after the check.
+            on_foreign_key(e, || {
+                ApiError::Conflict(
+                    "profile is the active profile of an agent; switch it elsewhere first".into(),
+                )
+            })
         })?;
-    Ok(deleted == 1)
+    Ok(())
 }
 
 /// What `POST /admin/models` may set; `None` keeps the stored value (or the default).
@@ -254,18 +299,20 @@ pub fn upsert_model(
     );
     let max_tokens = changes.max_tokens.flatten();
     let set_max_tokens = changes.max_tokens.is_some();
-    let row = c.query_one(
-        &sql,
-        &[
-            &profile_id,
-            &model_name,
-            &changes.enabled,
-            &changes.tags,
-            &max_tokens,
-            &changes.drop_params,
-            &set_max_tokens,
-        ],
-    )?;
+    let row = c
+        .query_one(
+            &sql,
+            &[
+                &profile_id,
+                &model_name,
+                &changes.enabled,
+                &changes.tags,
+                &max_tokens,
+                &changes.drop_params,
+                &set_max_tokens,
+            ],
+        )
+        .map_err(|e| on_foreign_key(e, || profile_gone(profile_id)))?;
     Ok((Model::from_row(&row), row.get(9)))
 }
 
@@ -287,15 +334,18 @@ pub fn list_models(
         .collect())
 }
 
+/// A model of a profile, with the row lock `lock` on the model's row.
 pub fn find_model(
     c: &mut impl GenericClient,
     profile_id: i64,
     model_name: &str,
+    lock: Lock,
 ) -> Result<Option<Model>, ApiError> {
     let sql = format!(
         "SELECT {} FROM models m JOIN profiles p ON p.id = m.profile_id
-         WHERE m.profile_id = $1 AND m.model_name = $2",
-        Model::COLUMNS
+         WHERE m.profile_id = $1 AND m.model_name = $2{}",
+        Model::COLUMNS,
+        lock.clause("m")
     );
     Ok(c.query_opt(&sql, &[&profile_id, &model_name])?
         .as_ref()
@@ -348,8 +398,15 @@ pub fn set_agent_state(
         "RETURNING ",
         iso!("s.updated_at")
     );
-    Ok(c.query_one(sql, &[&agent_id, &profile_id, &model_id])?
-        .get(0))
+    let row = c
+        .query_one(sql, &[&agent_id, &profile_id, &model_id])
+        .map_err(|e| {
+            // Only if a caller skipped the locks: the profile or model went meanwhile.
+            on_foreign_key(e, || {
+                ApiError::not_found("the profile or model was deleted while switching to it")
+            })
+        })?;
+    Ok(row.get(0))
 }
 
 /// Takes the per-agent lock that serializes switches of one agent until the transaction ends.
@@ -411,15 +468,23 @@ pub fn upsert_discovered_models(
     profile_id: i64,
     model_names: &[String],
 ) -> Result<u64, ApiError> {
-    let row = c.query_one(
-        "WITH up AS (
-             INSERT INTO models (profile_id, model_name, enabled)
-             SELECT $1, name, true FROM unnest($2::text[]) AS name
-             ON CONFLICT (profile_id, model_name) DO UPDATE SET enabled = true, updated_at = now()
-             RETURNING (xmax = 0) AS inserted
-         )
-         SELECT count(*) FILTER (WHERE inserted) FROM up",
-        &[&profile_id, &model_names],
-    )?;
+    let row = c
+        .query_one(
+            "WITH up AS (
+                 INSERT INTO models (profile_id, model_name, enabled)
+                 SELECT $1, name, true FROM unnest($2::text[]) AS name
+                 ON CONFLICT (profile_id, model_name)
+                     DO UPDATE SET enabled = true, updated_at = now()
+                 RETURNING (xmax = 0) AS inserted
+             )
+             SELECT count(*) FILTER (WHERE inserted) FROM up",
+            &[&profile_id, &model_names],
+        )
+        .map_err(|e| on_foreign_key(e, || profile_gone(profile_id)))?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// A write that referenced a profile found deleted: the profile is gone, not in conflict.
+fn profile_gone(profile_id: i64) -> ApiError {
+    ApiError::not_found(format!("profile {profile_id} was deleted meanwhile"))
 }

@@ -8,8 +8,9 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// The sum, saturating: the counts come from the upstream and may be absurd.
     pub fn total_tokens(&self) -> i64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
     /// Reads an OpenAI `usage` object (`prompt_tokens`, `completion_tokens`).
@@ -20,5 +21,19 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_of_huge_counts_saturates() {
+        let usage = Usage {
+            prompt_tokens: i64::MAX,
+            completion_tokens: 1,
+        };
+        assert_eq!(usage.total_tokens(), i64::MAX);
     }
 }

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_agent_id, check_model_name, Fields};
 use crate::routes::models::profile_not_found;
-use crate::store::{self, ModelChanges};
+use crate::store::{self, Lock, ModelChanges};
 
 pub const NO_ACTIVE_MODEL: &str = "No active model set for agent_id";
 
@@ -26,9 +26,11 @@ pub fn switch(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let mut tx = conn.transaction()?;
     // Serializes switches of this agent, so `previous` and the audit trail agree.
     store::lock_agent(&mut tx, agent_id)?;
-    let profile = store::find_profile_by_name(&mut tx, profile_name)?
+    // Share locks until commit: a profile delete or a model disable that commits first is
+    // seen here (404, 409), and one that comes later waits and then sees this switch.
+    let profile = store::find_profile_by_name(&mut tx, profile_name, Lock::Share)?
         .ok_or_else(|| profile_not_found(profile_name))?;
-    let model = match store::find_model(&mut tx, profile.id, model_name)? {
+    let model = match store::find_model(&mut tx, profile.id, model_name, Lock::Share)? {
         Some(m) => m,
         None if profile.provider_type == "anthropic" => {
             return Err(ApiError::not_found(format!(

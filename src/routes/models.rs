@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_model_name, Fields};
-use crate::store::{self, ModelChanges};
+use crate::store::{self, Lock, ModelChanges};
 
 pub fn profile_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("profile '{name}' not found"))
@@ -33,7 +33,9 @@ pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
 
     let mut conn = app.conn()?;
     let mut tx = conn.transaction()?;
-    let profile = store::find_profile_by_name(&mut tx, profile_name)?
+    // Held until commit, so a concurrent delete of the profile either goes first (404 here)
+    // or waits for this model.
+    let profile = store::find_profile_by_name(&mut tx, profile_name, Lock::Share)?
         .ok_or_else(|| profile_not_found(profile_name))?;
     let (model, created) = store::upsert_model(&mut tx, profile.id, model_name, &changes)?;
     tx.commit()?;
@@ -48,7 +50,7 @@ pub fn list(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let profile_id = match req.query("profile") {
         None => None,
         Some(name) => Some(
-            store::find_profile_by_name(&mut *conn, name)?
+            store::find_profile_by_name(&mut *conn, name, Lock::None)?
                 .ok_or_else(|| profile_not_found(name))?
                 .id,
         ),

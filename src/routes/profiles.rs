@@ -6,12 +6,12 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{valid_profile_name, Fields};
-use crate::store;
+use crate::store::{self, Lock};
 
 pub const PROVIDER_TYPES: [&str; 3] = ["openai", "anthropic", "openai_compatible"];
 
 /// The base URL a provider type gets when none is given.
-fn default_base_url(provider_type: &str) -> Option<&'static str> {
+pub fn default_base_url(provider_type: &str) -> Option<&'static str> {
     match provider_type {
         "openai" => Some("https://api.openai.com/v1"),
         "anthropic" => Some("https://api.anthropic.com"),
@@ -38,24 +38,38 @@ pub fn normalize_base_url(raw: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-/// The `credentials` object: `api_key` is required; other string fields are kept, encrypted.
+/// The `credentials` object: `api_key` is required; every other field is kept as it is,
+/// encrypted with it.
 fn credentials(f: &Fields) -> Result<Value, ApiError> {
     let creds = f
         .opt_object("credentials")?
         .ok_or_else(|| ApiError::bad_request("field `credentials` is required"))?;
-    let api_key = creds
-        .opt_str("api_key")
-        .map_err(|_| ApiError::bad_request("field `credentials.api_key` must be a string"))?;
-    match api_key {
-        Some(k) if !k.trim().is_empty() => Ok(Value::Object(creds.0.clone())),
-        _ => Err(ApiError::bad_request(
+    let api_key = match creds.0.get("api_key") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(k)) => k.as_str(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field `credentials.api_key` must be a string",
+            ))
+        }
+    };
+    if api_key.trim().is_empty() {
+        return Err(ApiError::bad_request(
             "field `credentials.api_key` is required and must not be empty",
-        )),
+        ));
     }
+    // It goes into an HTTP header as it is: a pasted trailing newline would make every
+    // upstream call fail later, with an error that points away from the key.
+    if !crate::app::usable_api_key(api_key) {
+        return Err(ApiError::bad_request(
+            "field `credentials.api_key` must not contain whitespace or control characters",
+        ));
+    }
+    Ok(Value::Object(creds.0.clone()))
 }
 
 /// Path ids that are not numbers name no profile: 404, like any unknown id.
-fn parse_id(raw: &str) -> Result<i64, ApiError> {
+pub fn parse_profile_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
         .map_err(|_| ApiError::not_found(format!("profile {raw} not found")))
 }
@@ -102,7 +116,7 @@ pub fn list(app: &App) -> Result<Reply, ApiError> {
 }
 
 pub fn update(app: &App, raw_id: &str, req: &Req) -> Result<Reply, ApiError> {
-    let id = parse_id(raw_id)?;
+    let id = parse_profile_id(raw_id)?;
     let body = req.json_object()?;
     let f = Fields(&body);
     let new_base_url = f.opt_str("base_url")?.map(normalize_base_url).transpose()?;
@@ -114,7 +128,7 @@ pub fn update(app: &App, raw_id: &str, req: &Req) -> Result<Reply, ApiError> {
 
     let mut conn = app.conn()?;
     let mut tx = conn.transaction()?;
-    let current = store::find_profile(&mut tx, id, true)?
+    let current = store::find_profile(&mut tx, id, Lock::Update)?
         .ok_or_else(|| ApiError::not_found(format!("profile {id} not found")))?;
     // `"base_url": null` returns to the provider's default, where it has one.
     let base_url = match (new_base_url, f.has("base_url")) {
@@ -137,10 +151,10 @@ pub fn update(app: &App, raw_id: &str, req: &Req) -> Result<Reply, ApiError> {
 }
 
 pub fn delete(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
-    let id = parse_id(raw_id)?;
+    let id = parse_profile_id(raw_id)?;
     let mut conn = app.conn()?;
     let mut tx = conn.transaction()?;
-    if store::find_profile(&mut tx, id, true)?.is_none() {
+    if store::find_profile(&mut tx, id, Lock::Update)?.is_none() {
         return Err(ApiError::not_found(format!("profile {id} not found")));
     }
     store::delete_profile(&mut tx, id)?;

@@ -1,33 +1,27 @@
 //! `POST /admin/profiles/{id}/sync-models`: discover a provider's models and upsert them.
 
+use std::collections::HashSet;
+
 use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::input::check_model_name;
+use crate::routes::profiles::parse_profile_id;
 use crate::routes::proxy::ANTHROPIC_VERSION;
-use crate::store;
+use crate::store::{self, Lock};
 
 /// Anthropic lists models in pages; a provider with more than this many is not plausible.
 const MAX_PAGES: usize = 100;
 
 pub fn sync_models(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
-    let not_found = || ApiError::not_found(format!("profile {raw_id} not found"));
-    let id: i64 = raw_id.parse().map_err(|_| not_found())?;
-    let (profile, sealed) = {
-        let mut conn = app.conn()?;
-        let profile = store::find_profile(&mut *conn, id, false)?.ok_or_else(not_found)?;
-        let sealed = store::profile_credentials(&mut *conn, id)?;
-        (profile, sealed)
-    };
-    let credentials = app.open_credentials(profile.id, &profile.profile_name, &sealed)?;
-    let api_key = credentials
-        .get("api_key")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let id = parse_profile_id(raw_id)?;
+    let (profile, sealed) = store::find_profile_with_credentials(&mut *app.conn()?, id)?
+        .ok_or_else(|| ApiError::not_found(format!("profile {id} not found")))?;
+    let api_key = app.open_api_key(profile.id, &profile.profile_name, &sealed)?;
 
-    let discovered = match discover(app, &profile.provider_type, &profile.base_url, api_key) {
+    let discovered = match discover(app, &profile.provider_type, &profile.base_url, &api_key) {
         Ok(names) => names,
         Err(message) => {
             crate::warn!(
@@ -39,6 +33,13 @@ pub fn sync_models(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
     };
     let mut conn = app.conn()?;
     let mut tx = conn.transaction()?;
+    // No transaction spans the upstream calls, so the profile may have gone meanwhile; the
+    // share lock keeps it until the models are in.
+    if store::find_profile(&mut tx, profile.id, Lock::Share)?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "profile {id} was deleted while its models were being listed"
+        )));
+    }
     let created = store::upsert_discovered_models(&mut tx, profile.id, &discovered)?;
     tx.commit()?;
     Ok(Reply::ok(&json!({
@@ -56,6 +57,7 @@ fn discover(
     api_key: &str,
 ) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let mut add = |page: &Value| -> Result<(), String> {
         let data = page
             .get("data")
@@ -66,7 +68,7 @@ fn discover(
                 .get("id")
                 .and_then(Value::as_str)
                 .ok_or("an entry of the upstream's model list has no string `id`")?;
-            if check_model_name(name).is_ok() && !names.iter().any(|n| n == name) {
+            if check_model_name(name).is_ok() && seen.insert(name.to_string()) {
                 names.push(name.to_string());
             }
         }

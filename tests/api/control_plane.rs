@@ -542,6 +542,157 @@ fn deleting_a_profile_an_agent_is_switched_to_is_409_and_deletes_nothing() {
 }
 
 #[test]
+fn an_api_key_with_whitespace_or_control_characters_is_400_naming_it() {
+    let app = TestApp::spawn();
+    let p = app.create_profile("p", "openai", "https://a.example/v1", "sk-good-key");
+    let path = format!("/admin/profiles/{}", p["id"]);
+    for key in [
+        "sk-pasted-key\n",
+        "sk-pasted-key\r\n",
+        " sk-pasted-key",
+        "sk-pasted key",
+        "sk-pasted\tkey",
+        "sk-pasted\u{7f}key",
+        "sk-pasted\u{0}key",
+        "sk-pasted\u{a0}key",
+    ] {
+        let r = create(&app, &profile_body("q", "openai", key));
+        let message = assert_error(&r, 400);
+        assert!(
+            message.contains("credentials.api_key")
+                && message.contains("whitespace or control characters"),
+            "{key:?}: {message}"
+        );
+        assert!(
+            !r.text().contains("sk-pasted"),
+            "the key is echoed: {}",
+            r.text()
+        );
+        let r = app
+            .admin("PATCH", &path)
+            .json(&json!({"credentials": {"api_key": key}}));
+        assert_bad_field(&r, "credentials.api_key");
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM profiles"), 1);
+    let r = app.admin("GET", "/admin/profiles").send();
+    assert_eq!(r.json()["data"][0], p, "the profile is unchanged");
+    // Other credential fields are kept as they are, whatever they hold.
+    let r = app
+        .admin("PATCH", &path)
+        .json(&json!({"credentials": {"api_key": "sk-new", "organization": "org 1\n", "n": 5}}));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Whether a session of the app's database is waiting for a lock.
+fn a_session_waits_for_a_lock(db: &mut postgres::Client) -> bool {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .unwrap()
+    .get::<_, i64>(0)
+        > 0
+}
+
+/// Sends `send` on another thread while `held` (an open transaction of another session) is
+/// in progress; commits `held` once the request waits for it (or has already answered).
+fn send_during(
+    app: &TestApp,
+    held: postgres::Transaction<'_>,
+    send: impl FnOnce() -> Reply + Send,
+) -> Reply {
+    let mut watcher = app.db.client();
+    thread::scope(|s| {
+        let request = s.spawn(send);
+        let waited = eventually(Duration::from_secs(10), || {
+            request.is_finished() || a_session_waits_for_a_lock(&mut watcher)
+        });
+        assert!(waited, "the request neither waited nor answered");
+        held.commit().unwrap();
+        request.join().unwrap()
+    })
+}
+
+#[test]
+fn a_switch_racing_a_profile_delete_that_commits_first_is_404() {
+    let app = TestApp::spawn();
+    let p = app.create_profile("doomed", "openai", "https://a.example/v1", "sk-1");
+    app.add_model("doomed", "gpt-a", json!({}));
+    let id = p["id"].as_i64().unwrap();
+    let mut session = app.db.client();
+    let mut delete = session.transaction().unwrap();
+    // What DELETE /admin/profiles/{id} does, held open.
+    delete
+        .query_one("SELECT id FROM profiles WHERE id = $1 FOR UPDATE", &[&id])
+        .unwrap();
+    delete
+        .execute("DELETE FROM profiles WHERE id = $1", &[&id])
+        .unwrap();
+
+    let r = send_during(&app, delete, || {
+        app.agent("POST", "/api/switch")
+            .json(&switch_body("agent-1", "doomed", "gpt-a"))
+    });
+    let message = assert_error(&r, 404);
+    assert!(message.contains("doomed"), "{message}");
+    assert_eq!(count(&app, "SELECT count(*) FROM agent_state"), 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM audit_switches"), 0);
+}
+
+#[test]
+fn a_profile_delete_racing_a_switch_that_commits_first_is_409() {
+    let app = TestApp::spawn();
+    let p = app.create_profile("busy", "openai", "https://a.example/v1", "sk-1");
+    let m = app.add_model("busy", "gpt-a", json!({}));
+    let (id, model_id) = (p["id"].as_i64().unwrap(), m["id"].as_i64().unwrap());
+    let mut session = app.db.client();
+    let mut switch = session.transaction().unwrap();
+    // What POST /api/switch does, held open.
+    switch
+        .query_one("SELECT id FROM profiles WHERE id = $1 FOR SHARE", &[&id])
+        .unwrap();
+    switch
+        .execute(
+            "INSERT INTO agent_state (agent_id, profile_id, model_id) VALUES ('agent-1', $1, $2)",
+            &[&id, &model_id],
+        )
+        .unwrap();
+
+    let r = send_during(&app, switch, || {
+        app.admin("DELETE", &format!("/admin/profiles/{id}")).send()
+    });
+    let message = assert_error(&r, 409);
+    assert!(message.contains("active profile"), "{message}");
+    assert_eq!(count(&app, "SELECT count(*) FROM profiles"), 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM models"), 1);
+}
+
+#[test]
+fn a_switch_racing_a_model_disable_that_commits_first_is_409() {
+    let app = TestApp::spawn();
+    app.create_profile("p", "openai", "https://a.example/v1", "sk-1");
+    let m = app.add_model("p", "gpt-a", json!({}));
+    let model_id = m["id"].as_i64().unwrap();
+    let mut session = app.db.client();
+    let mut disable = session.transaction().unwrap();
+    disable
+        .execute(
+            "UPDATE models SET enabled = false WHERE id = $1",
+            &[&model_id],
+        )
+        .unwrap();
+
+    let r = send_during(&app, disable, || {
+        app.agent("POST", "/api/switch")
+            .json(&switch_body("agent-1", "p", "gpt-a"))
+    });
+    let message = assert_error(&r, 409);
+    assert!(message.contains("disabled"), "{message}");
+    assert_eq!(count(&app, "SELECT count(*) FROM agent_state"), 0);
+}
+
+#[test]
 fn deleting_a_profile_removes_it_and_its_models() {
     let app = TestApp::spawn();
     let gone = app.create_profile("gone", "openai", "https://a.example/v1", "sk-1");

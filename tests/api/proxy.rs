@@ -1611,6 +1611,45 @@ fn a_failed_sync_is_502_ok_false_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn models_listed_twice_are_counted_and_stored_once() {
+    let upstream = FakeUpstream::start(|_| {
+        Answer::Json(
+            200,
+            model_list(&["gpt-a", "gpt-b", "gpt-a", "gpt-c", "gpt-b"]),
+        )
+    });
+    let app = TestApp::spawn();
+    let profile = app.create_profile("acct", "openai", &upstream.url, "sk-x");
+    let r = sync(&app, &profile);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"ok": true, "discovered": 3, "created": 3}));
+    assert_eq!(models_of(&app, "acct").len(), 3);
+}
+
+#[test]
+fn a_profile_deleted_while_its_models_are_listed_is_404_and_nothing_is_stored() {
+    let app = TestApp::spawn();
+    let db_url = app.db.url.clone();
+    // The upstream answers only after the profile is gone.
+    let upstream = FakeUpstream::start(move |_| {
+        let mut db = postgres::Client::connect(&db_url, postgres::NoTls).unwrap();
+        db.execute("DELETE FROM profiles", &[]).unwrap();
+        Answer::Json(200, model_list(&["gpt-a"]))
+    });
+    let profile = app.create_profile("brief", "openai", &upstream.url, "sk-x");
+    let r = sync(&app, &profile);
+    let message = assert_error(&r, 404);
+    assert!(message.contains("deleted"), "{message}");
+    let models: i64 = app
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM models", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(models, 0);
+}
+
+#[test]
 fn syncing_an_unknown_profile_is_404() {
     let app = TestApp::spawn();
     for id in ["999999", "not-a-number"] {
