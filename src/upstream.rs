@@ -1,4 +1,4 @@
-//! Calls to providers: one shared ureq agent, every call bounded by `UPSTREAM_TIMEOUT_MS`,
+//! Calls to providers: shared ureq agents, every call bounded by `UPSTREAM_TIMEOUT_MS`,
 //! failures mapped to our own 502/504 without a URL or a key in the message.
 
 use std::error::Error as _;
@@ -10,10 +10,15 @@ use crate::error::ApiError;
 /// The most of an upstream answer we hold in memory (non-streaming).
 const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The HTTP client for every provider. Cloning shares its connection pool.
+/// The HTTP client for every provider. Cloning shares its connection pools.
 #[derive(Clone)]
 pub struct Upstream {
+    /// Whole calls: pooled connections, each call under one deadline.
     agent: ureq::Agent,
+    /// Streams: a fresh connection each. ureq 2 clears a pooled socket's timeouts and only
+    /// sets the read timeout again once the body is read, so on a reused connection the wait
+    /// for the answer's head would be unbounded; a new connection has it from the start.
+    streams: ureq::Agent,
     timeout: Duration,
 }
 
@@ -32,28 +37,35 @@ pub struct Streaming {
 
 impl Upstream {
     pub fn new(timeout: Duration, pool_per_host: usize) -> Upstream {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeout)
-            // Per read: for streams this bounds the first byte and every gap between events.
-            .timeout_read(timeout)
-            .timeout_write(timeout)
-            .no_delay(true)
-            .redirects(0)
-            .max_idle_connections(pool_per_host * 4)
-            .max_idle_connections_per_host(pool_per_host)
-            .user_agent(concat!("switcher-api/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Upstream { agent, timeout }
+        let builder = || {
+            ureq::AgentBuilder::new()
+                .timeout_connect(timeout)
+                // Per read: for streams this bounds the first byte and every gap between events.
+                .timeout_read(timeout)
+                .timeout_write(timeout)
+                .no_delay(true)
+                .redirects(0)
+                .user_agent(concat!("switcher-api/", env!("CARGO_PKG_VERSION")))
+        };
+        Upstream {
+            agent: builder()
+                .max_idle_connections(pool_per_host * 4)
+                .max_idle_connections_per_host(pool_per_host)
+                .build(),
+            streams: builder().max_idle_connections(0).build(),
+            timeout,
+        }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn request(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> ureq::Request {
+    fn request(
+        agent: &ureq::Agent,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> ureq::Request {
         headers
             .iter()
-            .fold(self.agent.request(method, url), |r, (n, v)| r.set(n, v))
+            .fold(agent.request(method, url), |r, (n, v)| r.set(n, v))
     }
 
     /// A whole call (request and answer) within the timeout.
@@ -64,19 +76,30 @@ impl Upstream {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Answer, ApiError> {
-        let request = self.request(method, url, headers).timeout(self.timeout);
+        let request = Self::request(&self.agent, method, url, headers).timeout(self.timeout);
         let response = respond(match body {
             Some(b) => request.send_bytes(b),
             None => request.call(),
         })?;
         let status = response.status();
-        let mut data = Vec::new();
-        response
-            .into_reader()
-            .take(MAX_RESPONSE_BYTES)
-            .read_to_end(&mut data)
+        let body = self.read_body(&mut response.into_reader())?;
+        Ok(Answer { status, body })
+    }
+
+    /// Reads an answer's body whole, up to `MAX_RESPONSE_BYTES`.
+    pub fn read_body(&self, reader: &mut dyn Read) -> Result<Vec<u8>, ApiError> {
+        let mut body = Vec::new();
+        reader
+            .take(MAX_RESPONSE_BYTES + 1)
+            .read_to_end(&mut body)
             .map_err(|e| self.io_failure(&e))?;
-        Ok(Answer { status, body: data })
+        if body.len() as u64 > MAX_RESPONSE_BYTES {
+            return Err(ApiError::BadGateway(format!(
+                "upstream answer is larger than {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            )));
+        }
+        Ok(body)
     }
 
     /// Sends the request and returns once the answer's head is in; the body is read later,
@@ -87,7 +110,8 @@ impl Upstream {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Streaming, ApiError> {
-        let response = respond(self.request("POST", url, headers).send_bytes(body))?;
+        let response =
+            respond(Self::request(&self.streams, "POST", url, headers).send_bytes(body))?;
         Ok(Streaming {
             status: response.status(),
             content_type: response.content_type().to_string(),

@@ -1,6 +1,6 @@
 //! `/v1/*`: the OpenAI-compatible endpoint agents call, relayed to their active model.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,12 +160,7 @@ fn proxy(
         provider_type: state.provider_type.clone(),
         model_name: state.model_name.clone(),
     });
-    let credentials = app.open_credentials(state.profile_id, &state.profile_name, &sealed)?;
-    let api_key = credentials
-        .get("api_key")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let api_key = app.open_api_key(state.profile_id, &state.profile_name, &sealed)?;
 
     let body = drop_params(body, &state.drop_params);
     let call = if state.provider_type == "anthropic" {
@@ -299,13 +294,7 @@ fn anthropic_call(
 }
 
 fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
-    let mut body = Vec::new();
-    streaming
-        .body
-        .by_ref()
-        .take(64 * 1024 * 1024)
-        .read_to_end(&mut body)
-        .map_err(|e| app.upstream.io_failure(&e))?;
+    let body = app.upstream.read_body(&mut streaming.body)?;
     Ok(Answer {
         status: streaming.status,
         body,
@@ -494,10 +483,6 @@ impl Translate {
     }
 }
 
-/// After a stream's last event, the most the relay still reads so that the upstream
-/// connection ends cleanly (the chunked terminator) and goes back to the pool.
-const DRAIN_LIMIT: u64 = 64 * 1024;
-
 /// The streamed reply: relays event by event; once the reply is complete (its terminating
 /// chunk sent), the audit row is written, whether the stream ended, failed or the agent went
 /// away.
@@ -512,7 +497,11 @@ fn stream_reply(
     let upstream = app.upstream.clone();
     let status = streaming.status;
     let mut body = streaming.body;
-    let record = Arc::new(Mutex::new(record));
+    // Stays so if the closure never runs: the agent left before the head could be written.
+    let record = Arc::new(Mutex::new(RequestRecord {
+        error: Some("the client went away before the stream started".into()),
+        ..record
+    }));
     let finished = record.clone();
     Reply::stream(
         status,
@@ -526,11 +515,8 @@ fn stream_reply(
                     Ok(n) => (relay.feed(&buf[..n]), false),
                     Err(e) => {
                         let e = upstream.io_failure(&e);
-                        let event = json!({"error": {
-                            "message": e.message(), "type": e.kind(), "code": e.code()
-                        }});
                         failure = Some(e.message());
-                        (sse::data_event(&event.to_string()).into_bytes(), true)
+                        (sse::data_event(&e.body().to_string()).into_bytes(), true)
                     }
                 };
                 if !bytes.is_empty() {
@@ -543,16 +529,11 @@ fn stream_reply(
                     break;
                 }
                 if relay.is_done() {
-                    if relay.error().is_none() {
-                        // A complete answer leaves only the end of the body: reading it hands
-                        // the connection back to the pool instead of closing it.
-                        let _ = io::copy(&mut body.by_ref().take(DRAIN_LIMIT), &mut io::sink());
-                    }
                     break;
                 }
             }
-            // Dropping the reader closes the upstream connection (if it was not handed back),
-            // which ends a generation the agent no longer reads.
+            // Dropping the reader closes the upstream connection, which also ends a generation
+            // the agent no longer reads.
             drop(body);
             let mut record = finished.lock().unwrap_or_else(|p| p.into_inner());
             record.error = if client_gone.is_some() {

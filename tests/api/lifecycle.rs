@@ -105,8 +105,13 @@ fn after_sigterm_new_connections_are_refused() {
 fn declare_body(port: u16, head: &str, length: &str) -> String {
     use std::io::{BufRead, BufReader, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(conn, "{head}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "{head}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
     let mut status = String::new();
     BufReader::new(conn).read_line(&mut status).unwrap();
     status
@@ -126,4 +131,36 @@ fn requests_declaring_enormous_bodies_cannot_bring_the_server_down() {
     let r = app.request("GET", "/healthz").send();
     assert_eq!(r.status, 200);
     assert!(!app.logs().contains("panicked"), "{}", app.logs());
+}
+
+#[test]
+fn a_stream_whose_upstream_stalls_is_504_even_right_after_a_call_to_the_same_upstream() {
+    // The first call leaves a pooled connection behind; a stream must not inherit that
+    // connection's cleared timeouts and wait for its head forever.
+    let upstream = FakeUpstream::start(|received| {
+        if received.json()["stream"] == json!(true) {
+            Answer::Delay(
+                Duration::from_secs(20),
+                Box::new(Answer::Json(200, json!({}))),
+            )
+        } else {
+            Answer::Json(
+                200,
+                json!({"id": "c1", "object": "chat.completion", "choices": []}),
+            )
+        }
+    });
+    let app = TestApp::spawn_with(&[("UPSTREAM_TIMEOUT_MS", "500")]);
+    app.create_profile("acct", "openai_compatible", &upstream.url, "sk-pooled");
+    app.switch("default", "acct", "m");
+    let hello = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
+    let r = app.agent("POST", "/v1/chat/completions").json(&hello);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut streamed = hello.clone();
+    streamed["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let r = app.agent("POST", "/v1/chat/completions").json(&streamed);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
