@@ -33,17 +33,24 @@ pub struct Running {
     listener_fd: RawFd,
 }
 
-/// Binds the listening socket with `TCP_NODELAY`, which Linux passes on to every accepted
-/// socket: without it each separately written piece of a response waits for the client's
-/// delayed ACK.
+/// Binds the listening socket with `TCP_NODELAY` and a send timeout, which Linux passes on
+/// to every accepted socket: without `TCP_NODELAY` each separately written piece of a
+/// response waits for the client's delayed ACK.
 pub fn bind(addr: &str) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     // SAFETY: borrows the listener's descriptor without taking ownership (never closed here);
-    // setsockopt(TCP_NODELAY) is valid on a listening TCP socket.
+    // setsockopt on a listening TCP socket is valid.
     let view = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(listener.as_raw_fd()) });
     view.set_nodelay(true)?;
+    // Also inherited: a client that stops reading its answer frees the worker after this
+    // long instead of never. (A receive timeout cannot be set the same way: it would make
+    // tiny_http's accept time out, which ends its accept loop.)
+    view.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))?;
     Ok(listener)
 }
+
+/// How long writing to a client may block before the client is given up.
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
     let addr = listener.local_addr()?;
@@ -150,15 +157,18 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
     let method = rq.method().as_str().to_ascii_uppercase();
     let (path, query) = split_url(rq.url());
     let peer = rq.remote_addr().copied();
-    let watch = reaper.watch(peer, app.config.request_read_timeout);
+    // Bounds reading the body, and, when the request is refused before its body was read,
+    // the drain of that body that follows the answer.
+    let mut watch = Some(reaper.watch(peer, app.config.request_read_timeout));
 
-    let status = match prepare(app, &mut rq, &method, &path, query, &watch) {
+    let timed_out = || watch.as_ref().is_some_and(Watch::fired);
+    let mut reply = match prepare(app, &mut rq, &method, &path, query, &timed_out) {
         Ok((endpoint, who, req)) => {
-            drop(watch);
+            watch = None;
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
                 routes::dispatch(app, &endpoint, who, &req)
             }));
-            let reply = match outcome {
+            match outcome {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(e)) => error_reply(&method, &path, &e),
                 Err(_) => error_reply(
@@ -166,46 +176,43 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
                     &path,
                     &ApiError::Internal("handler panicked".into()),
                 ),
-            };
-            let status = reply.status;
-            // A streamed body runs handler code while it is sent: a panic there must not
-            // take the worker with it either.
-            if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
-                crate::error!("{method} {path}: panicked while sending the reply");
             }
-            status
         }
         Err(e) => {
-            let body_unread = matches!(
-                e,
-                ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout
-            );
-            let reply = error_reply(&method, &path, &e);
-            let reply = if body_unread {
-                reply.with_header("Connection", "close")
-            } else {
-                reply
-            };
             if matches!(e, ApiError::PayloadTooLarge { .. }) {
                 // Reading on would only fetch bytes we refuse; cut it off instead.
                 reaper.cut(peer);
             }
-            let status = reply.status;
-            // Dropping the request drains an unread body; `watch` still bounds that.
-            send(rq, reply);
-            drop(watch);
-            status
+            error_reply(&method, &path, &e)
         }
     };
+    let status = reply.status;
+    let after = reply.after.take();
+    // A streamed body runs handler code while it is sent: a panic there must not take the
+    // worker with it either.
+    if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
+        crate::error!(
+            "{method} {}: panicked while sending the reply",
+            path.escape_debug()
+        );
+    }
+    drop(watch);
+    if let Some(after) = after {
+        if panic::catch_unwind(AssertUnwindSafe(after)).is_err() {
+            crate::error!("{method} {}: panicked after the reply", path.escape_debug());
+        }
+    }
+    // The path is escaped: a decoded `%0a` must not forge a log line.
     crate::info!(
-        "{method} {path} {status} {:.1}ms",
+        "{method} {} {status} {:.1}ms",
+        path.escape_debug(),
         started.elapsed().as_secs_f64() * 1000.0
     );
 }
 
 fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
     if e.status() >= 500 {
-        crate::error!("{method} {path}: {e}");
+        crate::error!("{method} {}: {e}", path.escape_debug());
     }
     Reply::error(e)
 }
@@ -217,7 +224,7 @@ fn prepare(
     method: &str,
     path: &str,
     query: Vec<(String, String)>,
-    watch: &Watch,
+    timed_out: &dyn Fn() -> bool,
 ) -> Result<(Endpoint, auth::Principal, Req), ApiError> {
     let endpoint = routes::resolve(method, path)?;
     let headers: Vec<(String, String)> = rq
@@ -239,9 +246,12 @@ fn prepare(
     // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
     // deadline is gone, and a client that stalls its body would hold the worker forever.
     let declared = rq.body_length();
-    let body = read_body(rq.as_reader(), declared, app.config.max_body_bytes, &|| {
-        watch.fired()
-    })?;
+    let body = read_body(
+        rq.as_reader(),
+        declared,
+        app.config.max_body_bytes,
+        timed_out,
+    )?;
     Ok((
         endpoint,
         who,
@@ -256,7 +266,24 @@ fn prepare(
 }
 
 fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+    Header::from_bytes(name.as_bytes(), header_value(value).as_bytes()).ok()
+}
+
+/// Header values are visible ASCII: anything else (a model name like `modèle`) is
+/// percent-encoded as UTF-8, the same way on every path.
+fn header_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return value.into();
+    }
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 /// Writes the reply; a client that went away is not an error worth more than a debug line.
@@ -305,32 +332,37 @@ fn send_stream(
     headers: &[(String, String)],
     write: crate::http::StreamFn,
 ) -> io::Result<()> {
-    let http10 = rq.http_version() == &tiny_http::HTTPVersion(1, 0);
+    if rq.http_version() == &tiny_http::HTTPVersion(1, 0) {
+        // HTTP/1.0 has no chunked encoding, and tiny_http would keep the connection open
+        // after a body that ends by closing it: such a client gets the events in one body.
+        let mut events = Vec::new();
+        write(&mut events)?;
+        let mut response = Response::from_data(events).with_status_code(status);
+        for (n, v) in std::iter::once(("Content-Type", "text/event-stream"))
+            .chain(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        {
+            if let Some(h) = header(n, v) {
+                response.add_header(h);
+            }
+        }
+        return rq.respond(response);
+    }
     let mut out = rq.into_writer();
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         Transfer-Encoding: chunked\r\n",
         reason(status)
     );
-    if http10 {
-        head.push_str("Connection: close\r\n");
-    } else {
-        head.push_str("Transfer-Encoding: chunked\r\n");
-    }
     for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
+        head.push_str(&format!("{n}: {}\r\n", header_value(v)));
     }
     head.push_str("\r\n");
     out.write_all(head.as_bytes())?;
     out.flush()?;
-    if http10 {
-        write(&mut out)?;
-        out.flush()
-    } else {
-        let mut chunked = Chunked { inner: &mut out };
-        write(&mut chunked)?;
-        out.write_all(b"0\r\n\r\n")?;
-        out.flush()
-    }
+    let mut chunked = Chunked { inner: &mut out };
+    write(&mut chunked)?;
+    out.write_all(b"0\r\n\r\n")?;
+    out.flush()
 }
 
 struct Chunked<'a, W: Write + ?Sized> {
