@@ -79,8 +79,21 @@ fn load_dotenv() -> Result<(), String> {
     match dotenvy::from_path(".env") {
         Ok(_) => Ok(()),
         Err(e) if e.not_found() => Ok(()),
-        Err(e) => Err(format!(".env could not be read: {e}")),
+        // dotenvy's message quotes the line, which may hold a key: say where, not what.
+        Err(dotenvy::Error::LineParse(line, index)) => Err(format!(
+            ".env could not be read: a line does not parse (at character {index} of line {})",
+            line_number(".env", &line).map_or("?".to_string(), |n| n.to_string())
+        )),
+        Err(dotenvy::Error::Io(e)) => Err(format!(".env could not be read: {e}")),
+        Err(_) => Err(".env could not be read".to_string()),
     }
+}
+
+/// The line number of the first line of `path` where `text` starts, if any.
+fn line_number(path: &str, text: &str) -> Option<usize> {
+    let content = std::fs::read_to_string(path).ok()?;
+    let first = text.lines().next()?;
+    content.lines().position(|l| l == first).map(|i| i + 1)
 }
 
 /// Loads `.env` and validates the configuration.
