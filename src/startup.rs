@@ -49,8 +49,32 @@ fn describe(e: &postgres::Error) -> String {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit. Every connection costs a descriptor
+/// (two, in tiny_http), and tiny_http's accept loop ends for good on its first error, such as
+/// running out of them; a high limit keeps that far away.
+fn raise_open_file_limit() {
+    // SAFETY: plain syscalls on a stack struct they fill or read.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                crate::debug!("open file limit raised to {}", limit.rlim_max);
+            }
+        }
+    }
+}
+
 /// Migrates, binds and starts the workers.
 pub fn start(config: Config) -> Result<Running, String> {
+    raise_open_file_limit();
     for name in migrate(&config)? {
         crate::info!("applied migration {name}");
     }
