@@ -192,7 +192,9 @@ pub fn read_body(
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     let result = reader.take(limit as u64 + 1).read_to_end(&mut body);
-    if timed_out() {
+    let complete = result.is_ok() && declared.is_none_or(|len| body.len() == len);
+    // A body that arrived whole counts, even if the deadline passed just as it did.
+    if !complete && timed_out() {
         return Err(ApiError::RequestTimeout);
     }
     if let Err(e) = result {
