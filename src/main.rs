@@ -117,6 +117,13 @@ fn serve() -> ExitCode {
     match signals::wait_for_stop() {
         Ok(signal) => {
             switcher_api::info!("{signal} received; finishing requests in flight");
+            // A second signal means "now": the operator does not want to wait for the grace.
+            std::thread::spawn(|| {
+                if let Ok(signal) = signals::wait_for_stop() {
+                    switcher_api::warn!("{signal} received again; exiting without waiting");
+                    std::process::exit(1);
+                }
+            });
             running.shutdown(grace);
             switcher_api::info!("stopped");
             ExitCode::SUCCESS

@@ -164,3 +164,37 @@ fn a_stream_whose_upstream_stalls_is_504_even_right_after_a_call_to_the_same_ups
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn a_second_sigterm_stops_without_waiting_for_requests_in_flight() {
+    let upstream = FakeUpstream::start(|_| {
+        Answer::Delay(
+            Duration::from_secs(30),
+            Box::new(Answer::Json(200, json!({}))),
+        )
+    });
+    let mut app = TestApp::spawn();
+    app.create_profile("slow", "openai_compatible", &upstream.url, "sk-slow-123");
+    app.switch("default", "slow", "m");
+    let url = app.url.clone();
+    thread::spawn(move || {
+        let _ = ureq::post(&format!("{url}/v1/chat/completions"))
+            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
+    });
+    assert!(eventually(Duration::from_secs(20), || !upstream
+        .received()
+        .is_empty()));
+    let pid = app.pid().to_string();
+    let kill = || Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    kill();
+    assert!(eventually(Duration::from_secs(10), || app
+        .logs()
+        .contains("finishing requests in flight")));
+    kill();
+    let started = std::time::Instant::now();
+    let code = app.terminate();
+    assert_eq!(code, Some(1), "{}", app.logs());
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
