@@ -204,7 +204,7 @@ fn proxy(
         }
     };
     record.status = streaming.status;
-    let reply = stream_reply(app, streaming, relay, record.clone(), started);
+    let reply = stream_reply(app, streaming, relay, record.clone(), started, api_key);
     Ok(Relay::Streamed(with_target_headers(
         reply,
         record.target.as_ref(),
@@ -492,6 +492,7 @@ fn stream_reply(
     mut relay: Translate,
     record: RequestRecord,
     started: Instant,
+    api_key: String,
 ) -> Reply {
     let db = app.db.clone();
     let upstream = app.upstream.clone();
@@ -519,6 +520,8 @@ fn stream_reply(
                         (sse::data_event(&e.body().to_string()).into_bytes(), true)
                     }
                 };
+                // An error event may quote the key, as error bodies may.
+                let bytes = redact(bytes, &api_key);
                 if !bytes.is_empty() {
                     if let Err(e) = out.write_all(&bytes) {
                         client_gone = Some(e);
@@ -539,7 +542,9 @@ fn stream_reply(
             record.error = if client_gone.is_some() {
                 Some("the client went away before the stream ended".into())
             } else {
-                failure.or_else(|| relay.error())
+                failure.or_else(|| relay.error()).map(|e| {
+                    String::from_utf8_lossy(&redact(e.into_bytes(), &api_key)).into_owned()
+                })
             };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);

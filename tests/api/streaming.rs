@@ -906,6 +906,29 @@ fn an_anthropic_error_event_mid_stream_becomes_an_error_event_and_ends_the_strea
 }
 
 #[test]
+fn an_error_event_quoting_the_key_reaches_neither_the_agent_nor_the_audit() {
+    let all = anthropic_tool_use_events();
+    let error = anthropic_event(json!({"type": "error",
+        "error": {"type": "authentication_error", "message": format!("bad key {UPSTREAM_KEY}")}}));
+    let steps = paced(&[all[0].clone(), error], ms(20));
+    let upstream = ScriptedUpstream::start(move |_| Script::Events(steps.clone()));
+    let app = TestApp::spawn();
+    route(&app, "anthropic", &upstream.url, &["claude-agent"]);
+
+    let mut stream = Stream::open(&app, "claude-agent", &tool_request(false));
+    let events = stream.remaining_events();
+    let last = payload(events.last().unwrap());
+    assert_eq!(
+        last["error"]["message"], "bad key [redacted]",
+        "{events:#?}"
+    );
+    assert!(!events.concat().contains(UPSTREAM_KEY));
+    let rows = audit_rows(&app, "claude-agent", 1);
+    assert!(rows[0].error.is_some());
+    assert!(!rows[0].whole.contains(UPSTREAM_KEY), "{}", rows[0].whole);
+}
+
+#[test]
 fn an_anthropic_stream_cut_short_ends_with_an_error_event_and_no_done() {
     // The upstream's body ends properly, but in the middle of the answer.
     let all = anthropic_tool_use_events();
