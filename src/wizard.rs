@@ -219,7 +219,7 @@ fn check_api_key(raw: &str) -> Result<String, String> {
     let key = raw.trim();
     if key.is_empty() {
         Err("the API key must not be empty".into())
-    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    } else if !crate::app::usable_api_key(key) {
         Err("the API key must not contain spaces or control characters".into())
     } else {
         Ok(key.to_string())
