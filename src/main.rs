@@ -110,30 +110,25 @@ fn serve() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let grace = config.shutdown_grace;
+    let mut signals = match signals::StopSignals::register() {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen for SIGTERM/SIGINT: {e}")),
+    };
     let running = match startup::start(config) {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    match signals::wait_for_stop() {
-        Ok(signal) => {
-            switcher_api::info!("{signal} received; finishing requests in flight");
-            // A second signal means "now": the operator does not want to wait for the grace.
-            std::thread::spawn(|| {
-                if let Ok(signal) = signals::wait_for_stop() {
-                    switcher_api::warn!("{signal} received again; exiting without waiting");
-                    std::process::exit(1);
-                }
-            });
-            running.shutdown(grace);
-            switcher_api::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            switcher_api::warn!("cannot listen for signals ({e}); serving until killed");
-            running.wait();
-            ExitCode::SUCCESS
-        }
-    }
+    let signal = signals.wait();
+    switcher_api::info!("{signal} received; finishing requests in flight");
+    // A second signal means "now": the operator does not want to wait for the grace.
+    std::thread::spawn(move || {
+        let signal = signals.wait();
+        switcher_api::warn!("{signal} received again; exiting without waiting");
+        std::process::exit(1);
+    });
+    running.shutdown(grace);
+    switcher_api::info!("stopped");
+    ExitCode::SUCCESS
 }
 
 fn migrate() -> ExitCode {

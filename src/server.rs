@@ -126,13 +126,6 @@ impl Running {
         }
         remaining == 0
     }
-
-    /// Blocks for as long as the workers run.
-    pub fn wait(self) {
-        for w in self.workers {
-            let _ = w.join();
-        }
-    }
 }
 
 fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &AtomicBool) {

@@ -1,14 +1,22 @@
-//! Waiting for SIGTERM or SIGINT, the signals that ask the service to stop.
+//! SIGTERM and SIGINT, the signals that ask the service to stop.
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Blocks until SIGTERM or SIGINT arrives; returns its name.
-pub fn wait_for_stop() -> std::io::Result<&'static str> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    let signal = signals.forever().next();
-    Ok(match signal {
-        Some(SIGINT) => "SIGINT",
-        _ => "SIGTERM",
-    })
+/// Stop signals, caught from the moment this is made (so make it before announcing that the
+/// service listens: a signal that came earlier would still kill the process outright).
+pub struct StopSignals(Signals);
+
+impl StopSignals {
+    pub fn register() -> std::io::Result<StopSignals> {
+        Ok(StopSignals(Signals::new([SIGTERM, SIGINT])?))
+    }
+
+    /// Blocks until the next stop signal; returns its name.
+    pub fn wait(&mut self) -> &'static str {
+        match self.0.forever().next() {
+            Some(SIGINT) => "SIGINT",
+            _ => "SIGTERM",
+        }
+    }
 }
