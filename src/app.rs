@@ -1,33 +1,71 @@
-//! The shared state every handler gets: configuration, database pool, cipher, upstream client.
+//! The shared state every handler gets: configuration, database pool (control plane),
+//! routing state and audit journal (data plane), cipher, upstream client.
+
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::db::{Conn, Pool};
 use crate::error::ApiError;
+use crate::journal::Journal;
+use crate::state::{DbHealth, State};
 use crate::upstream::Upstream;
 
 pub struct App {
     pub config: Config,
-    pub db: Pool,
+    /// The control plane's connections, and the outage count they were made after.
+    db: Mutex<(u64, Pool)>,
+    pub health: Arc<DbHealth>,
+    /// What the data plane serves from.
+    pub state: Arc<State>,
+    pub journal: Arc<Journal>,
     pub cipher: Cipher,
     pub upstream: Upstream,
 }
 
 impl App {
-    pub fn new(config: Config, db: Pool) -> App {
+    pub fn new(config: Config, db: Pool, journal: Arc<Journal>) -> App {
         let cipher = Cipher::new(&config.kms_key);
         let upstream = Upstream::new(config.upstream_timeout, config.workers);
         App {
             config,
-            db,
+            db: Mutex::new((0, db)),
+            health: Arc::new(DbHealth::default()),
+            state: Arc::new(State::new()),
+            journal,
             cipher,
             upstream,
         }
     }
 
-    /// One pooled connection; a 503 when the database cannot be reached.
+    /// One pooled connection for the control plane; a 503 at once while the database is
+    /// known to be down, rather than a wait for the pool's checkout timeout.
     pub fn conn(&self) -> Result<Conn, ApiError> {
-        Ok(self.db.get()?)
+        self.health.check()?;
+        Ok(self.pool().get()?)
+    }
+
+    /// The pool, made anew after each outage: its idle connections died with the database,
+    /// and since a checkout does not test them (no round trip), each would fail a request.
+    fn pool(&self) -> Pool {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let outages = self.health.outages();
+        if db.0 != outages {
+            // The URL was validated at startup.
+            if let Ok(pg) = crate::db::parse_url(&self.config.database_url) {
+                *db = (outages, crate::db::pool(pg, self.config.db_pool_size));
+            }
+        }
+        db.1.clone()
+    }
+
+    /// After a committed control-plane write: this instance serves the change before the
+    /// write is answered (the others learn of it through `NOTIFY`). A failure here only
+    /// delays it until the listener's next load, so it is logged, not returned.
+    pub fn apply_changes(&self, conn: &mut Conn) {
+        if let Err(e) = self.state.reload(conn) {
+            crate::warn!("the routing state could not be reloaded after a write: {e}");
+        }
     }
 
     /// Seals a profile's credentials, bound to the profile's id.
@@ -103,8 +141,15 @@ mod tests {
         })
         .unwrap();
         let pg = crate::db::parse_url(&config.database_url).unwrap();
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switcher-app-unit-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let journal = Journal::open(&dir, 1 << 20).unwrap();
         // The pool connects lazily, and nothing here asks it for a connection.
-        App::new(config, crate::db::pool(pg, 1))
+        App::new(config, crate::db::pool(pg, 1), Arc::new(journal))
     }
 
     #[test]

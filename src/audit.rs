@@ -1,5 +1,7 @@
 //! The audit trail: one row per switch and one per proxied request, never any prompt text.
 
+use std::time::SystemTime;
+
 use postgres::GenericClient;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -39,10 +41,32 @@ pub fn record_switch(
     Ok(())
 }
 
-/// One proxied request, as it ended.
-#[derive(Debug, Clone, Default)]
+/// Which proxy route a request came through (`audit_requests.endpoint`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Endpoint {
+    #[default]
+    ChatCompletions,
+    Messages,
+    Responses,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
+        }
+    }
+}
+
+/// One proxied request, as it ended: what the journal turns into an `audit_requests` row.
+#[derive(Debug, Clone)]
 pub struct RequestRecord {
+    pub endpoint: Endpoint,
     pub agent_id: String,
+    /// When the request arrived (the row's `created_at`).
+    pub received_at: SystemTime,
     pub target: Option<Target>,
     pub stream: bool,
     pub status: u16,
@@ -53,42 +77,29 @@ pub struct RequestRecord {
     pub error: Option<String>,
 }
 
+impl Default for RequestRecord {
+    fn default() -> RequestRecord {
+        RequestRecord {
+            endpoint: Endpoint::default(),
+            agent_id: String::new(),
+            received_at: SystemTime::now(),
+            target: None,
+            stream: false,
+            status: 0,
+            latency_ms: 0,
+            usage: None,
+            prompt_sha256: None,
+            error: None,
+        }
+    }
+}
+
 /// The longest `error` stored; upstream error text (a stream's error event) can be long.
 const MAX_ERROR_CHARS: usize = 500;
 
-pub fn record_request(c: &mut impl GenericClient, r: &RequestRecord) -> Result<(), ApiError> {
-    let t = r.target.as_ref();
-    // The columns are `integer`; an upstream's count can be anything an i64 holds.
-    let usage = |f: fn(&Usage) -> i64| {
-        r.usage
-            .as_ref()
-            .map(|u| f(u).clamp(0, i32::MAX as i64) as i32)
-    };
-    let error = r
-        .error
-        .as_deref()
-        .map(|e| truncate_chars(e, MAX_ERROR_CHARS));
-    c.execute(
-        "INSERT INTO audit_requests (agent_id, profile_name, provider_type, model_name, stream,
-             status, latency_ms, prompt_tokens, completion_tokens, total_tokens, prompt_sha256,
-             error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        &[
-            &r.agent_id,
-            &t.map(|t| &t.profile_name),
-            &t.map(|t| &t.provider_type),
-            &t.map(|t| &t.model_name),
-            &r.stream,
-            &(r.status as i32),
-            &r.latency_ms,
-            &usage(|u| u.prompt_tokens),
-            &usage(|u| u.completion_tokens),
-            &usage(Usage::total_tokens),
-            &r.prompt_sha256,
-            &error,
-        ],
-    )?;
-    Ok(())
+/// An error description as stored: at most `MAX_ERROR_CHARS` characters.
+pub fn short_error(e: &str) -> String {
+    truncate_chars(e, MAX_ERROR_CHARS).to_string()
 }
 
 /// At most `max` characters of `s`, cut on a character boundary.

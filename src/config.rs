@@ -32,6 +32,12 @@ pub struct Config {
     pub log_level: Level,
     /// How long a stopping server waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Where audit rows wait for the database; one instance per directory.
+    pub audit_journal_dir: std::path::PathBuf,
+    /// Journal size (of rows not yet in the database) at which proxied requests get 503.
+    pub audit_journal_max_bytes: u64,
+    /// How often the routing state is reloaded whatever the notifications said.
+    pub state_resync: Duration,
 }
 
 // Keys must never reach a log line, even through a stray `{:?}`.
@@ -54,6 +60,9 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_level", &self.log_level)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("audit_journal_dir", &self.audit_journal_dir)
+            .field("audit_journal_max_bytes", &self.audit_journal_max_bytes)
+            .field("state_resync", &self.state_resync)
             .finish()
     }
 }
@@ -121,6 +130,9 @@ impl Config {
         let upstream_timeout_ms = parse_num(&get, "UPSTREAM_TIMEOUT_MS", 30_000u64, 1..=3_600_000)?;
         let read_timeout_ms = parse_num(&get, "REQUEST_READ_TIMEOUT_MS", 5_000u64, 1..=600_000)?;
         let grace_ms = parse_num(&get, "SHUTDOWN_GRACE_MS", 30_000u64, 0..=3_600_000)?;
+        let audit_journal_max_bytes =
+            parse_num(&get, "AUDIT_JOURNAL_MAX_BYTES", 1u64 << 30, 1..=u64::MAX)?;
+        let resync_ms = parse_num(&get, "STATE_RESYNC_MS", 30_000u64, 100..=86_400_000)?;
 
         let require_agent_key_for_proxy = match get("REQUIRE_AGENT_KEY_FOR_PROXY") {
             None => true,
@@ -150,6 +162,11 @@ impl Config {
             max_body_bytes,
             log_level,
             shutdown_grace: Duration::from_millis(grace_ms),
+            audit_journal_dir: get("AUDIT_JOURNAL_DIR")
+                .unwrap_or_else(|| "./audit-journal".to_string())
+                .into(),
+            audit_journal_max_bytes,
+            state_resync: Duration::from_millis(resync_ms),
         })
     }
 

@@ -29,6 +29,9 @@ pub enum ApiError {
     BadGateway(String),
     /// 503: the database cannot be reached; the detail goes to the log only.
     DbUnavailable(String),
+    /// 503 with a reason the client may see: the audit journal is full or cannot be written,
+    /// or the routing state is not loaded yet. `code` names which.
+    Unavailable { code: &'static str, message: String },
     /// 504: the upstream did not answer in time.
     GatewayTimeout(String),
     /// 500 with a message the client may see (a misconfiguration it can act on).
@@ -50,7 +53,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Misconfigured(_) | ApiError::Internal(_) => 500,
             ApiError::BadGateway(_) => 502,
-            ApiError::DbUnavailable(_) => 503,
+            ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => 503,
             ApiError::GatewayTimeout(_) => 504,
         }
     }
@@ -66,7 +69,7 @@ impl ApiError {
             ApiError::RequestTimeout => "invalid_request_error",
             ApiError::Conflict(_) => "conflict_error",
             ApiError::BadGateway(_) | ApiError::GatewayTimeout(_) => "upstream_error",
-            ApiError::DbUnavailable(_) => "service_unavailable",
+            ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Misconfigured(_) | ApiError::Internal(_) => "server_error",
         }
     }
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::BadGateway(_) => "upstream_unavailable",
             ApiError::GatewayTimeout(_) => "upstream_timeout",
             ApiError::DbUnavailable(_) => "database_unavailable",
+            ApiError::Unavailable { code, .. } => code,
             ApiError::Misconfigured(_) => "misconfigured",
             ApiError::Internal(_) => "internal_error",
         }
@@ -97,7 +101,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::BadGateway(m)
             | ApiError::GatewayTimeout(m)
-            | ApiError::Misconfigured(m) => m.clone(),
+            | ApiError::Misconfigured(m)
+            | ApiError::Unavailable { message: m, .. } => m.clone(),
             ApiError::Unauthorized => "missing or unknown API key".into(),
             ApiError::Forbidden => "this route needs the admin key".into(),
             ApiError::MethodNotAllowed { allow } => {

@@ -1,13 +1,14 @@
 //! The request snapshot handlers see, and the reply they give back.
 
 use std::io::{self, Read, Write};
+use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
 
 use crate::error::ApiError;
 
 /// An owned snapshot of one request: everything a handler may look at.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Req {
     pub method: String,
     pub path: String,
@@ -15,6 +16,23 @@ pub struct Req {
     /// Header names in lowercase.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the request arrived.
+    pub received_at: SystemTime,
+    pub started: Instant,
+}
+
+impl Default for Req {
+    fn default() -> Req {
+        Req {
+            method: String::new(),
+            path: String::new(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            received_at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Req {
@@ -104,15 +122,11 @@ pub enum Body {
     Stream(StreamFn),
 }
 
-/// Work to do once the reply is on its way (an audit row), so the client does not wait.
-pub type AfterFn = Box<dyn FnOnce() + Send>;
-
 /// What a handler answers.
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Body,
-    pub after: Option<AfterFn>,
 }
 
 impl Reply {
@@ -120,7 +134,6 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
-            after: None,
             body: Body::Bytes {
                 data: serde_json::to_vec(value).unwrap_or_default(),
                 content_type: "application/json",
@@ -133,7 +146,6 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
-            after: None,
             body: Body::Bytes {
                 data,
                 content_type: "application/json",
@@ -161,14 +173,8 @@ impl Reply {
         Reply {
             status,
             headers: Vec::new(),
-            after: None,
             body: Body::Stream(write),
         }
-    }
-
-    pub fn after(mut self, work: impl FnOnce() + Send + 'static) -> Reply {
-        self.after = Some(Box::new(work));
-        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {

@@ -14,11 +14,21 @@ pub struct Migration {
 }
 
 /// Every file of `sql/`, in order. A test checks that this list and the folder agree.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../sql/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../sql/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_data_plane.sql",
+        sql: include_str!("../sql/0002_data_plane.sql"),
+    },
+];
+
+/// How long migrations wait for a lock.
+const MIGRATION_LOCK_TIMEOUT: &str = "60s";
 
 /// Serializes migrations across instances that start at the same time.
 const ADVISORY_LOCK_KEY: i64 = 0x5357_4954_4348_4552; // "SWITCHER"
@@ -75,10 +85,14 @@ fn run_list(
     client: &mut Client,
     migrations: &'static [Migration],
 ) -> Result<Vec<&'static str>, MigrateError> {
+    // An instance stuck behind another's lock (or a migration behind a long transaction)
+    // fails with a clear error instead of hanging its startup.
+    client.batch_execute(&format!("SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"))?;
     client.execute("SELECT pg_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?;
     let result = apply_locked(client, migrations);
     // Unlock even on failure; a dropped connection releases the lock anyway.
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&ADVISORY_LOCK_KEY]);
+    let _ = client.batch_execute("RESET lock_timeout");
     result
 }
 

@@ -31,6 +31,8 @@ pub struct Running {
     addr: SocketAddr,
     /// The listening socket, owned by tiny_http; kept to shut it down.
     listener_fd: RawFd,
+    /// Its journal is written out to the database on shutdown.
+    journal: Arc<crate::journal::Journal>,
 }
 
 /// Binds the listening socket with `TCP_NODELAY` and a send timeout, which Linux passes on
@@ -89,6 +91,7 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
         stopping,
         addr,
         listener_fd,
+        journal: app.journal.clone(),
     })
 }
 
@@ -98,7 +101,8 @@ impl Running {
     }
 
     /// Stops accepting connections, lets the requests in hand (and those already received)
-    /// finish for at most `grace`, and returns whether all of them did.
+    /// finish, then ships the audit journal, all within `grace`; returns whether everything
+    /// finished. Rows still in the journal stay there for the next start.
     pub fn shutdown(self, grace: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
         // Shutting the listening socket down makes tiny_http's accept loop end and refuses
@@ -124,7 +128,14 @@ impl Running {
         if remaining > 0 {
             crate::warn!("{remaining} request(s) still running after the shutdown grace period");
         }
-        remaining == 0
+        let shipped = self.journal.drain(deadline);
+        if !shipped {
+            crate::warn!(
+                "{} audit row(s) stay in the journal for the next start",
+                self.journal.backlog()
+            );
+        }
+        remaining == 0 && shipped
     }
 }
 
@@ -147,6 +158,7 @@ fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &Atomi
 
 fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
     let started = Instant::now();
+    let received_at = std::time::SystemTime::now();
     let method = rq.method().as_str().to_ascii_uppercase();
     let (path, query) = split_url(rq.url());
     let peer = rq.remote_addr().copied();
@@ -155,7 +167,8 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
     let mut watch = Some(reaper.watch(peer, app.config.request_read_timeout));
 
     let timed_out = || watch.as_ref().is_some_and(Watch::fired);
-    let mut reply = match prepare(app, &mut rq, &method, &path, query, &timed_out) {
+    let arrival = (received_at, started);
+    let reply = match prepare(app, &mut rq, &method, &path, query, arrival, &timed_out) {
         Ok((endpoint, who, req)) => {
             watch = None;
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -180,7 +193,6 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
         }
     };
     let status = reply.status;
-    let after = reply.after.take();
     // A streamed body runs handler code while it is sent: a panic there must not take the
     // worker with it either.
     if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
@@ -190,11 +202,6 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
         );
     }
     drop(watch);
-    if let Some(after) = after {
-        if panic::catch_unwind(AssertUnwindSafe(after)).is_err() {
-            crate::error!("{method} {}: panicked after the reply", path.escape_debug());
-        }
-    }
     // The path is escaped: a decoded `%0a` must not forge a log line.
     crate::info!(
         "{method} {} {status} {:.1}ms",
@@ -217,6 +224,7 @@ fn prepare(
     method: &str,
     path: &str,
     query: Vec<(String, String)>,
+    (received_at, started): (std::time::SystemTime, Instant),
     timed_out: &dyn Fn() -> bool,
 ) -> Result<(Endpoint, auth::Principal, Req), ApiError> {
     let endpoint = routes::resolve(method, path)?;
@@ -254,6 +262,8 @@ fn prepare(
             query,
             headers,
             body,
+            received_at,
+            started,
         },
     ))
 }
@@ -285,7 +295,6 @@ fn send(rq: Request, reply: Reply) {
         status,
         headers,
         body,
-        after,
     } = reply;
     let result = match body {
         Body::Stream(write) => send_stream(rq, status, &headers, write),
@@ -311,9 +320,6 @@ fn send(rq: Request, reply: Reply) {
     };
     if let Err(e) = result {
         crate::debug!("response not delivered: {e}");
-    }
-    if let Some(after) = after {
-        after();
     }
 }
 

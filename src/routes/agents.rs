@@ -59,6 +59,7 @@ pub fn switch(app: &App, req: &Req) -> Result<Reply, ApiError> {
     };
     audit::record_switch(&mut tx, agent_id, from.as_ref(), &to)?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
 
     let previous = from.map(|p| {
         json!({

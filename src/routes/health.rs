@@ -1,4 +1,6 @@
-//! `GET /healthz`: is the service up, and can it reach its database.
+//! `GET /healthz`: can this instance serve proxied requests, and can it reach its database.
+//! Answered from memory: an orchestrator that restarts on a failing check must not restart
+//! a proxy that still serves while the database is away.
 
 use serde_json::json;
 
@@ -7,13 +9,18 @@ use crate::error::ApiError;
 use crate::http::Reply;
 
 pub fn healthz(app: &App) -> Result<Reply, ApiError> {
-    let db_ok = app
-        .conn()
-        .and_then(|mut c| Ok(c.simple_query("SELECT 1")?))
-        .is_ok();
-    Ok(if db_ok {
-        Reply::ok(&json!({"status": "ok", "db": "ok"}))
+    let db = if app.health.is_up() {
+        "ok"
     } else {
-        Reply::json(503, &json!({"status": "degraded", "db": "unavailable"}))
+        "unavailable"
+    };
+    let backlog = app.journal.backlog();
+    let body = |status: &str| json!({"status": status, "db": db, "audit_backlog": backlog});
+    Ok(if !app.state.is_loaded() || app.journal.is_full() {
+        Reply::json(503, &body("unavailable"))
+    } else if db == "ok" {
+        Reply::ok(&body("ok"))
+    } else {
+        Reply::ok(&body("degraded"))
     })
 }

@@ -39,6 +39,7 @@ pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
         .ok_or_else(|| profile_not_found(profile_name))?;
     let (model, created) = store::upsert_model(&mut tx, profile.id, model_name, &changes)?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
     Ok(Reply::json(
         if created { 201 } else { 200 },
         &model.to_json(),

@@ -106,6 +106,7 @@ pub fn create(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let sealed = app.seal_credentials(id, &credentials);
     let profile = store::insert_profile(&mut tx, id, name, provider_type, &base_url, &sealed)?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
     Ok(Reply::created(&profile.to_json()))
 }
 
@@ -147,6 +148,7 @@ pub fn update(app: &App, raw_id: &str, req: &Req) -> Result<Reply, ApiError> {
     let sealed = new_credentials.map(|c| app.seal_credentials(id, &c));
     let profile = store::update_profile(&mut tx, id, base_url.as_deref(), sealed.as_deref())?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
     Ok(Reply::ok(&profile.to_json()))
 }
 
@@ -159,6 +161,7 @@ pub fn delete(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
     }
     store::delete_profile(&mut tx, id)?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
     Ok(Reply::ok(&json!({"deleted": true, "id": id})))
 }
 

@@ -1,23 +1,26 @@
 //! `/v1/*`: the OpenAI-compatible endpoint agents call, relayed to their active model.
+//!
+//! This is the data plane: a request here reads the in-memory routing state, calls the
+//! upstream and appends its audit row to the journal. It never touches the database.
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::anthropic;
 use crate::anthropic_stream;
 use crate::app::App;
-use crate::audit::{self, RequestRecord, Target};
+use crate::audit::{self, Endpoint, RequestRecord, Target};
 use crate::auth::{self, Access};
-use crate::db::Pool;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::check_agent_id;
+use crate::journal::Journal;
 use crate::routes::agents::NO_ACTIVE_MODEL;
 use crate::sse;
-use crate::store::{self, ActiveState};
+use crate::state::{ProviderType, Route, Snapshot};
 use crate::upstream::{Answer, Streaming};
 use crate::usage::Usage;
 
@@ -28,19 +31,18 @@ const PROTECTED_FIELDS: [&str; 3] = ["model", "messages", "stream"];
 
 /// `GET /v1/models`: enabled models of every profile, as `PROFILE::model`.
 pub fn list_models(app: &App) -> Result<Reply, ApiError> {
-    let models = store::enabled_model_ids(&mut *app.conn()?)?;
-    let data: Vec<Value> = models
-        .into_iter()
-        .map(|(profile, model, created)| {
-            json!({
-                "id": format!("{profile}::{model}"),
-                "object": "model",
-                "created": created,
-                "owned_by": profile,
-            })
-        })
-        .collect();
-    Ok(Reply::ok(&json!({"object": "list", "data": data})))
+    Ok(Reply::raw_json(200, loaded(app)?.models_body().to_vec()))
+}
+
+/// The routing state, or a 503 while none was ever loaded (the database has not been
+/// reached since startup).
+fn loaded(app: &App) -> Result<Arc<Snapshot>, ApiError> {
+    app.state.snapshot().ok_or_else(|| ApiError::Unavailable {
+        code: "state_not_loaded",
+        message: "the routing state is not loaded yet: the database has not been reached \
+                  since this instance started"
+            .into(),
+    })
 }
 
 fn unix_now() -> u64 {
@@ -54,52 +56,22 @@ fn elapsed_ms(started: Instant) -> i32 {
     started.elapsed().as_millis().min(i32::MAX as u128) as i32
 }
 
-/// Writes one audit row, trying again while the database is briefly out of reach (each try
-/// waits up to the pool's checkout timeout); a final failure is logged, never shown to the
-/// agent, which already has its answer.
-fn write_audit(db: &Pool, record: &RequestRecord) {
-    const TRIES: usize = 3;
-    for attempt in 1..=TRIES {
-        let result = db
-            .get()
-            .map_err(ApiError::from)
-            .and_then(|mut c| audit::record_request(&mut *c, record));
-        match result {
-            Ok(()) => return,
-            Err(ApiError::DbUnavailable(_)) if attempt < TRIES => continue,
-            Err(e) => {
-                crate::error!(
-                    "audit row for an agent request could not be written (status {}): {e}",
-                    record.status
-                );
-                return;
-            }
-        }
-    }
-}
-
-/// `POST /v1/chat/completions`. Every outcome, success or failure, leaves one audit row.
+/// `POST /v1/chat/completions`, top to bottom: the agent, its key, room in the journal, then
+/// the relay; every request that gets that far leaves one audit row, appended before the
+/// answer's last byte goes out.
 pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
-    let started = Instant::now();
-    let agent_id = req
-        .header("x-agent-id")
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .unwrap_or("default")
-        .to_string();
-    if let Err(e) = check_agent_id(&agent_id) {
-        // Not a usable agent id, so there is nothing to attribute an audit row to.
-        return Err(ApiError::bad_request(format!(
-            "header x-agent-id: {}",
-            e.message()
-        )));
-    }
+    let agent_id = agent_of(req)?;
+    // A refused key leaves no row (anyone could fill the table with them).
+    auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
+    app.journal.check_room()?;
     let mut record = RequestRecord {
+        endpoint: Endpoint::ChatCompletions,
         agent_id,
+        received_at: req.received_at,
         ..RequestRecord::default()
     };
-    let result = proxy(app, req, &mut record, started);
-    let reply = match result {
+    let reply = match relay(app, req, &mut record) {
+        // A stream appends its row itself, once it has ended.
         Ok(Relay::Streamed(reply)) => return Ok(reply),
         Ok(Relay::Answered(reply)) => reply,
         Err(e) => {
@@ -111,10 +83,22 @@ pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
         }
     };
     record.status = reply.status;
-    record.latency_ms = elapsed_ms(started);
-    let reply = with_target_headers(reply, record.target.as_ref());
-    let db = app.db.clone();
-    Ok(reply.after(move || write_audit(&db, &record)))
+    record.latency_ms = elapsed_ms(req.started);
+    app.journal.append(&record)?;
+    Ok(with_target_headers(reply, record.target.as_ref()))
+}
+
+/// The agent a request speaks for: `x-agent-id`, or `default`.
+fn agent_of(req: &Req) -> Result<String, ApiError> {
+    let agent_id = req
+        .header("x-agent-id")
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or("default");
+    // Not a usable agent id, so there is nothing to attribute an audit row to.
+    check_agent_id(agent_id)
+        .map_err(|e| ApiError::bad_request(format!("header x-agent-id: {}", e.message())))?;
+    Ok(agent_id.to_string())
 }
 
 fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
@@ -127,19 +111,13 @@ fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
 }
 
 enum Relay {
-    /// A complete answer; the caller writes the audit row.
+    /// A complete answer; the caller appends the audit row.
     Answered(Reply),
-    /// A stream that writes its own audit row when it ends.
+    /// A stream that appends its own audit row when it ends.
     Streamed(Reply),
 }
 
-fn proxy(
-    app: &App,
-    req: &Req,
-    record: &mut RequestRecord,
-    started: Instant,
-) -> Result<Relay, ApiError> {
-    auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
+fn relay(app: &App, req: &Req, record: &mut RequestRecord) -> Result<Relay, ApiError> {
     let body = req.json_object()?;
     record.prompt_sha256 = Some(audit::prompt_sha256(&body));
     check_chat_request(&body)?;
@@ -150,23 +128,24 @@ fn proxy(
         == Some(&Value::Bool(true));
     record.stream = stream;
 
-    let (state, sealed) = {
-        let mut conn = app.conn()?;
-        store::route_for_agent(&mut *conn, &record.agent_id)?
-            .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?
-    };
+    let route = loaded(app)?
+        .route(&record.agent_id)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?;
+    let (profile, model) = (&route.profile, &route.model);
     record.target = Some(Target {
-        profile_name: state.profile_name.clone(),
-        provider_type: state.provider_type.clone(),
-        model_name: state.model_name.clone(),
+        profile_name: profile.name.clone(),
+        provider_type: profile.provider_type.as_str().to_string(),
+        model_name: model.name.clone(),
     });
-    let api_key = app.open_api_key(state.profile_id, &state.profile_name, &sealed)?;
+    let api_key = app.open_api_key(profile.id, &profile.name, &profile.sealed_credentials)?;
 
-    let body = drop_params(body, &state.drop_params);
-    let call = if state.provider_type == "anthropic" {
-        anthropic_call(&state, body, &api_key)?
-    } else {
-        openai_call(&state, body, &api_key)
+    let body = drop_params(body, &model.drop_params);
+    let call = match profile.provider_type {
+        ProviderType::Anthropic => anthropic_call(&route, body, &api_key)?,
+        ProviderType::OpenAi | ProviderType::OpenAiCompatible => {
+            openai_call(&route, body, &api_key)
+        }
     };
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let payload = serde_json::to_vec(&call.body).unwrap_or_default();
@@ -175,7 +154,7 @@ fn proxy(
         let answer = app
             .upstream
             .call("POST", &call.url, &headers, Some(&payload))?;
-        let (reply, usage) = finish_answer(&state, answer, &api_key)?;
+        let (reply, usage) = finish_answer(&route, answer, &api_key)?;
         record.usage = usage;
         return Ok(Relay::Answered(reply));
     }
@@ -185,26 +164,25 @@ fn proxy(
     if !(200..300).contains(&streaming.status) || !is_event_stream {
         // An error (or an upstream that ignored `stream`) comes back as one JSON document.
         let answer = read_whole(app, streaming)?;
-        let (reply, usage) = finish_answer(&state, answer, &api_key)?;
+        let (reply, usage) = finish_answer(&route, answer, &api_key)?;
         record.usage = usage;
         return Ok(Relay::Answered(reply));
     }
 
-    let relay = if state.provider_type == "anthropic" {
-        Translate::Anthropic(anthropic_stream::Translator::new(
+    let relay = match profile.provider_type {
+        ProviderType::Anthropic => Translate::Anthropic(anthropic_stream::Translator::new(
             unix_now(),
-            &state.model_name,
+            &model.name,
             include_usage,
-        ))
-    } else {
-        Translate::Passthrough {
+        )),
+        ProviderType::OpenAi | ProviderType::OpenAiCompatible => Translate::Passthrough {
             parser: sse::Parser::new(),
             usage: None,
             done: false,
-        }
+        },
     };
     record.status = streaming.status;
-    let reply = stream_reply(app, streaming, relay, record.clone(), started, api_key);
+    let reply = stream_reply(app, streaming, relay, record.clone(), req.started, api_key);
     Ok(Relay::Streamed(with_target_headers(
         reply,
         record.target.as_ref(),
@@ -228,13 +206,13 @@ struct Call {
     body: Value,
 }
 
-fn openai_call(state: &ActiveState, mut body: Map<String, Value>, api_key: &str) -> Call {
-    body.insert("model".into(), Value::String(state.model_name.clone()));
-    if let Some(cap) = state.max_tokens {
-        apply_max_tokens(&mut body, i64::from(cap), &state.provider_type);
+fn openai_call(route: &Route, mut body: Map<String, Value>, api_key: &str) -> Call {
+    body.insert("model".into(), Value::String(route.model.name.clone()));
+    if let Some(cap) = route.model.max_tokens {
+        apply_max_tokens(&mut body, cap, route.profile.provider_type);
     }
     Call {
-        url: format!("{}/chat/completions", state.base_url),
+        url: format!("{}/chat/completions", route.profile.base_url),
         headers: vec![
             ("Authorization", format!("Bearer {api_key}")),
             ("Content-Type", "application/json".into()),
@@ -246,7 +224,7 @@ fn openai_call(state: &ActiveState, mut body: Map<String, Value>, api_key: &str)
 /// The model's `max_tokens` is the default when the request sets no limit and the cap when it
 /// asks for more. OpenAI itself takes `max_completion_tokens` (its reasoning models refuse
 /// `max_tokens`); OpenAI-compatible servers widely know only `max_tokens`.
-fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: &str) {
+fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: ProviderType) {
     let mut found = false;
     for field in ["max_completion_tokens", "max_tokens"] {
         if let Some(v) = body.get_mut(field) {
@@ -262,7 +240,7 @@ fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: &str
         }
     }
     if !found {
-        let field = if provider_type == "openai" {
+        let field = if provider_type == ProviderType::OpenAi {
             "max_completion_tokens"
         } else {
             "max_tokens"
@@ -272,18 +250,18 @@ fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: &str
 }
 
 fn anthropic_call(
-    state: &ActiveState,
+    route: &Route,
     body: Map<String, Value>,
     api_key: &str,
 ) -> Result<Call, ApiError> {
     let translated = anthropic::translate_request(
         &Value::Object(body),
-        &state.model_name,
-        state.max_tokens.map(i64::from),
+        &route.model.name,
+        route.model.max_tokens,
     )
     .map_err(|e| ApiError::BadRequest(e.0))?;
     Ok(Call {
-        url: format!("{}/v1/messages", state.base_url),
+        url: format!("{}/v1/messages", route.profile.base_url),
         headers: vec![
             ("x-api-key", api_key.to_string()),
             ("anthropic-version", ANTHROPIC_VERSION.to_string()),
@@ -303,7 +281,7 @@ fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
 
 /// Turns a complete upstream answer into the agent's reply, with its usage when known.
 fn finish_answer(
-    state: &ActiveState,
+    route: &Route,
     answer: Answer,
     api_key: &str,
 ) -> Result<(Reply, Option<Usage>), ApiError> {
@@ -314,7 +292,7 @@ fn finish_answer(
         ))
     })?;
     let ok = (200..300).contains(&answer.status);
-    if state.provider_type == "anthropic" {
+    if route.profile.provider_type == ProviderType::Anthropic {
         if !ok {
             let body = serde_json::to_vec(&anthropic::translate_error(&parsed)).unwrap_or_default();
             return Ok((Reply::raw_json(answer.status, redact(body, api_key)), None));
@@ -483,27 +461,21 @@ impl Translate {
     }
 }
 
-/// The streamed reply: relays event by event; once the reply is complete (its terminating
-/// chunk sent), the audit row is written, whether the stream ended, failed or the agent went
-/// away.
+/// The streamed reply: relays event by event. Once the upstream ended (or failed, or the
+/// agent went away), the audit row is appended, and only then is the terminating chunk sent,
+/// so no answered stream is without its row.
 fn stream_reply(
     app: &App,
     streaming: Streaming,
     mut relay: Translate,
-    record: RequestRecord,
+    mut record: RequestRecord,
     started: Instant,
     api_key: String,
 ) -> Reply {
-    let db = app.db.clone();
+    let journal: Arc<Journal> = app.journal.clone();
     let upstream = app.upstream.clone();
     let status = streaming.status;
     let mut body = streaming.body;
-    // Stays so if the closure never runs: the agent left before the head could be written.
-    let record = Arc::new(Mutex::new(RequestRecord {
-        error: Some("the client went away before the stream started".into()),
-        ..record
-    }));
-    let finished = record.clone();
     Reply::stream(
         status,
         Box::new(move |out: &mut dyn Write| {
@@ -528,17 +500,13 @@ fn stream_reply(
                         break;
                     }
                 }
-                if upstream_ended {
-                    break;
-                }
-                if relay.is_done() {
+                if upstream_ended || relay.is_done() {
                     break;
                 }
             }
             // Dropping the reader closes the upstream connection, which also ends a generation
             // the agent no longer reads.
             drop(body);
-            let mut record = finished.lock().unwrap_or_else(|p| p.into_inner());
             record.error = if client_gone.is_some() {
                 Some("the client went away before the stream ended".into())
             } else {
@@ -548,21 +516,22 @@ fn stream_reply(
             };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);
+            if let Err(e) = journal.append(&record) {
+                // Without its row the stream must not end as if complete.
+                return Err(std::io::Error::other(e.message()));
+            }
             match client_gone {
                 Some(e) => Err(e),
                 None => Ok(()),
             }
         }),
     )
-    .after(move || {
-        let record = record.lock().unwrap_or_else(|p| p.into_inner());
-        write_audit(&db, &record);
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -571,17 +540,17 @@ mod tests {
     #[test]
     fn max_tokens_becomes_the_default_when_the_request_has_none() {
         let mut body = obj(json!({"messages": []}));
-        apply_max_tokens(&mut body, 100, "openai");
+        apply_max_tokens(&mut body, 100, ProviderType::OpenAi);
         assert_eq!(body["max_completion_tokens"], 100);
         let mut body = obj(json!({"messages": []}));
-        apply_max_tokens(&mut body, 100, "openai_compatible");
+        apply_max_tokens(&mut body, 100, ProviderType::OpenAiCompatible);
         assert_eq!(body["max_tokens"], 100);
     }
 
     #[test]
     fn max_tokens_caps_requests_that_ask_for_more() {
         let mut body = obj(json!({"max_tokens": 500, "max_completion_tokens": 50}));
-        apply_max_tokens(&mut body, 100, "openai");
+        apply_max_tokens(&mut body, 100, ProviderType::OpenAi);
         assert_eq!(body["max_tokens"], 100);
         assert_eq!(body["max_completion_tokens"], 50);
     }

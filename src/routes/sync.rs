@@ -42,6 +42,7 @@ pub fn sync_models(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
     }
     let created = store::upsert_discovered_models(&mut tx, profile.id, &discovered)?;
     tx.commit()?;
+    app.apply_changes(&mut conn);
     Ok(Reply::ok(&json!({
         "ok": true,
         "discovered": discovered.len(),

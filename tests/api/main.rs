@@ -3,6 +3,7 @@
 mod support;
 
 mod control_plane;
+mod data_plane;
 mod lifecycle;
 mod proxy;
 mod streaming;

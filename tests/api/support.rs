@@ -48,6 +48,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// A second handle on another test's database (a second instance) leaves it alone.
+    owned: bool,
 }
 
 impl TestDb {
@@ -65,7 +67,29 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create the test database");
         let url = database_url_for(&name);
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            owned: true,
+        }
+    }
+
+    /// The same database for a second server; dropping it drops nothing.
+    pub fn shared(&self) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            owned: false,
+        }
+    }
+
+    /// The same database reached through `url` (a forwarder); dropping it drops nothing.
+    pub fn via(&self, url: String) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            url,
+            owned: false,
+        }
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -75,6 +99,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(mut c) = postgres::Client::connect(&base_database_url(), postgres::NoTls) {
             let _ = c.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -237,6 +264,12 @@ impl TestApp {
         }));
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
+    }
+
+    /// Stops this server with SIGKILL: no shutdown, no last writes.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -562,6 +595,9 @@ const CONFIG_VARS: &[&str] = &[
     "DB_POOL_SIZE",
     "MAX_BODY_BYTES",
     "LOG_LEVEL",
+    "AUDIT_JOURNAL_DIR",
+    "AUDIT_JOURNAL_MAX_BYTES",
+    "STATE_RESYNC_MS",
 ];
 
 /// Runs the binary in an empty directory with exactly `env`, and waits at most `limit`.

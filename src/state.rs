@@ -1,0 +1,409 @@
+//! The data plane's routing state: profiles (credentials still sealed), models and agent
+//! states, held in memory so that a proxied request never waits on the database. It is
+//! loaded whole from Postgres, swapped in whole, and reloaded when a `NOTIFY` on
+//! `switcher_state` says something changed, every `STATE_RESYNC_MS`, and whenever the
+//! listening connection comes back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// The channel the triggers of `sql/0002_data_plane.sql` notify.
+pub const CHANNEL: &str = "switcher_state";
+
+/// What a profile's API speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderType {
+    OpenAi,
+    Anthropic,
+    OpenAiCompatible,
+}
+
+impl ProviderType {
+    pub fn parse(raw: &str) -> Option<ProviderType> {
+        match raw {
+            "openai" => Some(ProviderType::OpenAi),
+            "anthropic" => Some(ProviderType::Anthropic),
+            "openai_compatible" => Some(ProviderType::OpenAiCompatible),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::OpenAi => "openai",
+            ProviderType::Anthropic => "anthropic",
+            ProviderType::OpenAiCompatible => "openai_compatible",
+        }
+    }
+}
+
+/// A provider account as the data plane needs it.
+#[derive(Debug)]
+pub struct Profile {
+    pub id: i64,
+    pub name: String,
+    pub provider_type: ProviderType,
+    pub base_url: String,
+    /// AES-256-GCM ciphertext, opened per request (microseconds), never kept open.
+    pub sealed_credentials: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub max_tokens: Option<i64>,
+    pub drop_params: Vec<String>,
+}
+
+/// Where one agent's requests go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub profile: Arc<Profile>,
+    pub model: Arc<Model>,
+}
+
+/// One consistent picture of the routing tables.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    routes: HashMap<String, Route>,
+    /// The body of `GET /v1/models`, made once per load.
+    models_body: Vec<u8>,
+}
+
+impl Snapshot {
+    pub fn route(&self, agent_id: &str) -> Option<&Route> {
+        self.routes.get(agent_id)
+    }
+
+    pub fn models_body(&self) -> &[u8] {
+        &self.models_body
+    }
+
+    pub fn agents(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// The snapshot an instance serves from, with the ticket of the load that made it.
+struct Current {
+    ticket: u64,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// The routing state of this instance.
+pub struct State {
+    current: RwLock<Current>,
+    /// Handed out before each load reads the database: a load that began later has a higher
+    /// ticket and saw at least what an earlier one saw, so an older load that finishes last
+    /// never replaces a newer snapshot.
+    tickets: AtomicU64,
+    reloads: AtomicU64,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State::new()
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            current: RwLock::new(Current {
+                ticket: 0,
+                snapshot: None,
+            }),
+            tickets: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    /// The snapshot to serve a request from; `None` until the first load.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot
+            .clone()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.snapshot().is_some()
+    }
+
+    /// How many loads have been applied since startup.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reads the routing tables through `client` and serves them from now on (unless a
+    /// load that began later was applied first).
+    pub fn reload(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let snapshot = load(client)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if ticket > current.ticket {
+            current.ticket = ticket;
+            current.snapshot = Some(Arc::new(snapshot));
+            self.reloads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Reads every routing table in one read-only, repeatable-read transaction, so the
+/// snapshot is consistent.
+fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let mut profiles: HashMap<i64, Arc<Profile>> = HashMap::new();
+    for row in tx.query(
+        "SELECT id, profile_name, provider_type, base_url, credentials_enc FROM profiles",
+        &[],
+    )? {
+        let raw_type: String = row.get(2);
+        // The table's CHECK allows only the three known types.
+        let Some(provider_type) = ProviderType::parse(&raw_type) else {
+            continue;
+        };
+        let profile = Profile {
+            id: row.get(0),
+            name: row.get(1),
+            provider_type,
+            base_url: row.get(3),
+            sealed_credentials: row.get(4),
+        };
+        profiles.insert(profile.id, Arc::new(profile));
+    }
+
+    let mut models: HashMap<i64, Arc<Model>> = HashMap::new();
+    let mut listed = Vec::new();
+    for row in tx.query(
+        "SELECT m.id, m.profile_id, m.model_name, m.enabled, m.max_tokens, m.drop_params,
+                extract(epoch FROM m.created_at)::bigint
+         FROM models m JOIN profiles p ON p.id = m.profile_id
+         ORDER BY p.profile_name, m.model_name",
+        &[],
+    )? {
+        let profile_id: i64 = row.get(1);
+        let name: String = row.get(2);
+        let enabled: bool = row.get(3);
+        if enabled {
+            if let Some(p) = profiles.get(&profile_id) {
+                let created: i64 = row.get(6);
+                listed.push(json!({
+                    "id": format!("{}::{name}", p.name),
+                    "object": "model",
+                    "created": created,
+                    "owned_by": p.name,
+                }));
+            }
+        }
+        let max_tokens: Option<i32> = row.get(4);
+        models.insert(
+            row.get(0),
+            Arc::new(Model {
+                name,
+                max_tokens: max_tokens.map(i64::from),
+                drop_params: row.get(5),
+            }),
+        );
+    }
+
+    let mut routes = HashMap::new();
+    for row in tx.query(
+        "SELECT agent_id, profile_id, model_id FROM agent_state",
+        &[],
+    )? {
+        let (profile_id, model_id): (i64, i64) = (row.get(1), row.get(2));
+        if let (Some(profile), Some(model)) = (profiles.get(&profile_id), models.get(&model_id)) {
+            routes.insert(
+                row.get::<_, String>(0),
+                Route {
+                    profile: profile.clone(),
+                    model: model.clone(),
+                },
+            );
+        }
+    }
+    tx.commit()?;
+    let models_body =
+        serde_json::to_vec(&json!({"object": "list", "data": listed})).unwrap_or_default();
+    Ok(Snapshot {
+        routes,
+        models_body,
+    })
+}
+
+/// Whether this instance can reach its database, as its own connections last found it.
+/// While it is down, control-plane requests get a 503 at once instead of each waiting for
+/// a pool checkout to time out.
+#[derive(Debug)]
+pub struct DbHealth {
+    up: AtomicBool,
+    /// How many times it went from up to down.
+    outages: AtomicU64,
+}
+
+impl Default for DbHealth {
+    fn default() -> DbHealth {
+        DbHealth {
+            up: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DbHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                crate::info!("the database is reachable");
+            } else {
+                self.outages.fetch_add(1, Ordering::Relaxed);
+                crate::warn!(
+                    "the database is unreachable; proxied requests are served from memory"
+                );
+            }
+        }
+    }
+
+    /// A 503 when the database was found down, without trying it again.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(ApiError::DbUnavailable(
+                "the database was found unreachable; reconnecting in the background".into(),
+            ))
+        }
+    }
+}
+
+/// Work done on each fresh listening connection before its first load (migrations).
+pub type OnConnect = Box<dyn Fn(&mut postgres::Client) -> Result<(), String> + Send>;
+
+/// What the listener needs to run.
+pub struct Listener {
+    pub pg: postgres::Config,
+    pub state: Arc<State>,
+    pub health: Arc<DbHealth>,
+    pub resync: Duration,
+    /// Runs on every fresh connection before the first load (migrations).
+    pub on_connect: OnConnect,
+}
+
+/// The longest pause between two attempts to reach the database.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Listener {
+    /// Runs forever on a thread of its own.
+    pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("state-listener".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = Instant::now();
+            let Err(e) = self.session();
+            self.health.set(false);
+            // A connection that worked for a while is retried at once, a failing one less
+            // and less often.
+            if started.elapsed() > MAX_BACKOFF {
+                backoff = Duration::from_millis(50);
+            }
+            crate::debug!("state listener: {e}");
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One connection's life: connect, listen, load, then apply notifications until the
+    /// connection fails.
+    fn session(&self) -> Result<std::convert::Infallible, String> {
+        let mut client = crate::db::connect(&self.pg).map_err(|e| e.to_string())?;
+        (self.on_connect)(&mut client)?;
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .map_err(|e| e.to_string())?;
+        self.state.reload(&mut client).map_err(|e| e.to_string())?;
+        self.health.set(true);
+        let mut next_resync = Instant::now() + self.resync;
+        loop {
+            let wait = next_resync.saturating_duration_since(Instant::now());
+            // `None` means the wait ran out, or the server hung up (checked below).
+            let changed = match client.notifications().timeout_iter(wait).next() {
+                Ok(found) => found.is_some(),
+                Err(e) => return Err(format!("listening connection lost: {e}")),
+            };
+            if client.is_closed() {
+                return Err("listening connection lost".into());
+            }
+            if changed {
+                // A burst of changes needs one load: drain what has already arrived.
+                let mut notifications = client.notifications();
+                let mut queued = notifications.iter();
+                while let Ok(Some(_)) = queued.next() {}
+            } else {
+                next_resync = Instant::now() + self.resync;
+            }
+            self.state
+                .reload(&mut client)
+                .map_err(|e| format!("reloading the routing state failed: {e}"))?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_types_round_trip() {
+        for t in [
+            ProviderType::OpenAi,
+            ProviderType::Anthropic,
+            ProviderType::OpenAiCompatible,
+        ] {
+            assert_eq!(ProviderType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(ProviderType::parse("Anthropic"), None);
+    }
+
+    #[test]
+    fn a_state_without_a_load_serves_nothing() {
+        let state = State::new();
+        assert!(state.snapshot().is_none());
+        assert_eq!(state.reloads(), 0);
+    }
+
+    #[test]
+    fn database_health_answers_503_while_down() {
+        let health = DbHealth::default();
+        assert_eq!(health.check().unwrap_err().status(), 503);
+        health.set(true);
+        assert!(health.check().is_ok());
+    }
+}
