@@ -36,14 +36,18 @@ COPY sql sql
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --target "$(cat /rust-target)" \
     && cp "target/$(cat /rust-target)/release/switcher-api" /switcher-api \
-    && /switcher-api --version
+    && /switcher-api --version \
+    && mkdir -p /state/var/lib/switcher/journal
 
 # Distroless static: no shell, no libc, CA certificates and a nonroot user (65532).
 # The binary also carries its own copy of the Mozilla CA roots (webpki-roots).
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=builder /switcher-api /usr/local/bin/switcher-api
+# The audit journal's home, owned by nonroot so that a named volume mounted here (which
+# takes the image directory's owner) is writable.
+COPY --from=builder --chown=65532:65532 /state/var/lib/switcher /var/lib/switcher
 USER nonroot:nonroot
-ENV HOST=0.0.0.0 PORT=8080
+ENV HOST=0.0.0.0 PORT=8080 AUDIT_JOURNAL_DIR=/var/lib/switcher/journal
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/switcher-api", "healthcheck"]
