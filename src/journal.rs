@@ -155,6 +155,11 @@ impl Journal {
             // A torn last line (a crash mid-write) is not a row and is never shipped.
             let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             let rows = data[..whole].iter().filter(|b| **b == b'\n').count() as u64;
+            if rows == 0 {
+                // An earlier run's segment that never got a whole row.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             counters.backlog_rows.fetch_add(rows, Ordering::Relaxed);
             counters
                 .backlog_bytes
@@ -680,6 +685,15 @@ mod tests {
         let e = j.check_room().unwrap_err();
         assert_eq!(e.status(), 503);
         assert_eq!(e.code(), "audit_journal_full");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn segments_without_a_whole_row_are_removed_at_the_next_start() {
+        let d = dir();
+        drop(Journal::open(&d, 1 << 20).unwrap());
+        let _j = Journal::open(&d, 1 << 20).unwrap();
+        assert_eq!(segments(&d).unwrap().len(), 1, "only the new, active one");
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -211,8 +211,13 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
 }
 
 fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
-    if e.status() >= 500 {
-        crate::error!("{method} {}: {e}", path.escape_debug());
+    match e {
+        // Expected while the database is away, and already reported once when it went.
+        ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => {
+            crate::warn!("{method} {}: {e}", path.escape_debug())
+        }
+        _ if e.status() >= 500 => crate::error!("{method} {}: {e}", path.escape_debug()),
+        _ => {}
     }
     Reply::error(e)
 }
