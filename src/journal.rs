@@ -573,7 +573,9 @@ fn insert_rows(client: &mut postgres::Client, rows: &[Row]) -> Result<u64, postg
     fn col<T: Clone>(rows: &[Row], f: impl Fn(&Row) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    client.execute(
+    use postgres::types::Type;
+    // Typed parameters: one round trip per batch, no statement to prepare first.
+    client.execute_typed(
         "INSERT INTO audit_requests (instance_id, seq, created_at, endpoint, agent_id,
              profile_name, provider_type, model_name, stream, status, latency_ms,
              prompt_tokens, completion_tokens, total_tokens, prompt_sha256, error)
@@ -585,22 +587,22 @@ fn insert_rows(client: &mut postgres::Client, rows: &[Row]) -> Result<u64, postg
               AS u(i, s, c, e, a, p, pt, m, st, sc, l, pr, co, t, h, er)
          ON CONFLICT (instance_id, seq) DO NOTHING",
         &[
-            &col(rows, |r| r.instance_id.clone()),
-            &col(rows, |r| r.seq),
-            &col(rows, |r| r.created_at_us),
-            &col(rows, |r| r.endpoint.clone()),
-            &col(rows, |r| r.agent_id.clone()),
-            &col(rows, |r| r.profile_name.clone()),
-            &col(rows, |r| r.provider_type.clone()),
-            &col(rows, |r| r.model_name.clone()),
-            &col(rows, |r| r.stream),
-            &col(rows, |r| r.status),
-            &col(rows, |r| r.latency_ms),
-            &col(rows, |r| r.prompt_tokens),
-            &col(rows, |r| r.completion_tokens),
-            &col(rows, |r| r.total_tokens),
-            &col(rows, |r| r.prompt_sha256.clone()),
-            &col(rows, |r| r.error.clone()),
+            (&col(rows, |r| r.instance_id.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.seq), Type::INT8_ARRAY),
+            (&col(rows, |r| r.created_at_us), Type::INT8_ARRAY),
+            (&col(rows, |r| r.endpoint.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.agent_id.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.profile_name.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.provider_type.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.model_name.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.stream), Type::BOOL_ARRAY),
+            (&col(rows, |r| r.status), Type::INT4_ARRAY),
+            (&col(rows, |r| r.latency_ms), Type::INT4_ARRAY),
+            (&col(rows, |r| r.prompt_tokens), Type::INT4_ARRAY),
+            (&col(rows, |r| r.completion_tokens), Type::INT4_ARRAY),
+            (&col(rows, |r| r.total_tokens), Type::INT4_ARRAY),
+            (&col(rows, |r| r.prompt_sha256.clone()), Type::TEXT_ARRAY),
+            (&col(rows, |r| r.error.clone()), Type::TEXT_ARRAY),
         ],
     )
 }

@@ -168,7 +168,8 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
         .read_only(true)
         .start()?;
     let mut profiles: HashMap<i64, Arc<Profile>> = HashMap::new();
-    for row in tx.query(
+    // `query_typed`: one round trip each, no statement to prepare first.
+    for row in tx.query_typed(
         "SELECT id, profile_name, provider_type, base_url, credentials_enc FROM profiles",
         &[],
     )? {
@@ -189,7 +190,7 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
 
     let mut models: HashMap<i64, Arc<Model>> = HashMap::new();
     let mut listed = Vec::new();
-    for row in tx.query(
+    for row in tx.query_typed(
         "SELECT m.id, m.profile_id, m.model_name, m.enabled, m.max_tokens, m.drop_params,
                 extract(epoch FROM m.created_at)::bigint
          FROM models m JOIN profiles p ON p.id = m.profile_id
@@ -222,7 +223,7 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
     }
 
     let mut routes = HashMap::new();
-    for row in tx.query(
+    for row in tx.query_typed(
         "SELECT agent_id, profile_id, model_id FROM agent_state",
         &[],
     )? {
