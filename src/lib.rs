@@ -5,6 +5,7 @@ pub mod log;
 
 pub mod anthropic;
 pub mod anthropic_inbound;
+pub mod anthropic_passthrough;
 pub mod anthropic_stream;
 pub mod app;
 pub mod audit;
