@@ -129,6 +129,19 @@ pub fn prompt_sha256(request: &Map<String, Value>) -> String {
     hex(&hasher.finalize())
 }
 
+/// The `/v1/messages` form: the compact sorted JSON of `system` (when present) followed by
+/// that of `messages`.
+pub fn messages_prompt_sha256(system: Option<&Value>, messages: Option<&Value>) -> String {
+    let mut hasher = Sha256::new();
+    if let Some(system) = system.filter(|s| !s.is_null()) {
+        hash_json(&mut hasher, system);
+    }
+    if let Some(messages) = messages {
+        hash_json(&mut hasher, messages);
+    }
+    hex(&hasher.finalize())
+}
+
 /// Feeds the compact JSON of `value` to the hasher without building the string first.
 fn hash_json(hasher: &mut Sha256, value: &Value) {
     // Writing into a hasher cannot fail, and a `Value` always serializes.
@@ -163,6 +176,22 @@ mod tests {
         let cut = truncate_chars(&long, MAX_ERROR_CHARS);
         assert_eq!(cut.chars().count(), MAX_ERROR_CHARS);
         assert_eq!(cut, format!("a{}", "é".repeat(MAX_ERROR_CHARS - 1)));
+    }
+
+    #[test]
+    fn a_messages_prompt_hash_is_system_then_messages() {
+        let system = json!([{"type": "text", "text": "sys"}]);
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(
+            messages_prompt_sha256(Some(&system), Some(&messages)),
+            crate::crypto::sha256_hex(
+                br#"[{"text":"sys","type":"text"}][{"content":"hi","role":"user"}]"#
+            )
+        );
+        assert_eq!(
+            messages_prompt_sha256(None, Some(&messages)),
+            crate::crypto::sha256_hex(br#"[{"content":"hi","role":"user"}]"#)
+        );
     }
 
     #[test]

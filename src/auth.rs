@@ -39,7 +39,16 @@ pub fn authorize(
     access: Access,
     authorization: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let key = bearer(authorization);
+    authorize_key(config, access, bearer(authorization))
+}
+
+/// Like [`authorize`], for a key that came some other way (`x-api-key` on `/v1/messages`).
+pub fn authorize_key(
+    config: &Config,
+    access: Access,
+    key: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let key = key.map(str::trim).filter(|k| !k.is_empty());
     // Both comparisons always run, so timing does not tell which key was close.
     let (is_admin, is_agent) = match key {
         Some(k) => (

@@ -13,6 +13,8 @@ pub struct Req {
     pub method: String,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The query string as it came, without its `?` (forwarded to Anthropic upstreams).
+    pub raw_query: String,
     /// Header names in lowercase.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -27,6 +29,7 @@ impl Default for Req {
             method: String::new(),
             path: String::new(),
             query: Vec::new(),
+            raw_query: String::new(),
             headers: Vec::new(),
             body: Vec::new(),
             received_at: SystemTime::now(),

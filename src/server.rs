@@ -219,6 +219,10 @@ fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
         _ if e.status() >= 500 => crate::error!("{method} {}: {e}", path.escape_debug()),
         _ => {}
     }
+    // Anthropic's clients read only Anthropic's error shape.
+    if routes::messages::is_messages_path(path) {
+        return routes::messages::error_reply(e);
+    }
     Reply::error(e)
 }
 
@@ -265,6 +269,7 @@ fn prepare(
             method: method.to_string(),
             path: path.to_string(),
             query,
+            raw_query: rq.url().split_once('?').map_or("", |(_, q)| q).to_string(),
             headers,
             body,
             received_at,

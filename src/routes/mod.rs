@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod health;
+pub mod messages;
 pub mod models;
 pub mod profiles;
 pub mod proxy;
@@ -27,13 +28,19 @@ pub enum Endpoint {
     Active,
     V1Models,
     ChatCompletions,
+    Messages,
+    CountTokens,
 }
 
 impl Endpoint {
     pub fn access(&self) -> Access {
         match self {
             // The proxy authorizes inside its handler, so that refusals are audited too.
-            Endpoint::Healthz | Endpoint::V1Models | Endpoint::ChatCompletions => Access::Public,
+            Endpoint::Healthz
+            | Endpoint::V1Models
+            | Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::CountTokens => Access::Public,
             Endpoint::ListProfiles
             | Endpoint::CreateProfile
             | Endpoint::UpdateProfile(_)
@@ -82,6 +89,10 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["v1", "models"], _) => not_allowed("GET"),
         (["v1", "chat", "completions"], "POST") => Ok(Endpoint::ChatCompletions),
         (["v1", "chat", "completions"], _) => not_allowed("POST"),
+        (["v1", "messages"], "POST") => Ok(Endpoint::Messages),
+        (["v1", "messages"], _) => not_allowed("POST"),
+        (["v1", "messages", "count_tokens"], "POST") => Ok(Endpoint::CountTokens),
+        (["v1", "messages", "count_tokens"], _) => not_allowed("POST"),
 
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     }
@@ -106,6 +117,8 @@ pub fn dispatch(
         Endpoint::SyncModels(id) => sync::sync_models(app, id),
         Endpoint::V1Models => proxy::list_models(app),
         Endpoint::ChatCompletions => proxy::chat_completions(app, req),
+        Endpoint::Messages => messages::messages(app, req),
+        Endpoint::CountTokens => messages::count_tokens(app, req),
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::anthropic;
+use crate::anthropic_inbound;
+use crate::anthropic_passthrough;
 use crate::anthropic_stream;
 use crate::app::App;
 use crate::audit::{self, Endpoint, RequestRecord, Target};
@@ -36,7 +38,7 @@ pub fn list_models(app: &App) -> Result<Reply, ApiError> {
 
 /// The routing state, or a 503 while none was ever loaded (the database has not been
 /// reached since startup).
-fn loaded(app: &App) -> Result<Arc<Snapshot>, ApiError> {
+pub(super) fn loaded(app: &App) -> Result<Arc<Snapshot>, ApiError> {
     app.state.snapshot().ok_or_else(|| ApiError::Unavailable {
         code: "state_not_loaded",
         message: "the routing state is not loaded yet: the database has not been reached \
@@ -45,27 +47,50 @@ fn loaded(app: &App) -> Result<Arc<Snapshot>, ApiError> {
     })
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn elapsed_ms(started: Instant) -> i32 {
+pub(super) fn elapsed_ms(started: Instant) -> i32 {
     started.elapsed().as_millis().min(i32::MAX as u128) as i32
 }
 
-/// `POST /v1/chat/completions`, top to bottom: the agent, its key, room in the journal, then
-/// the relay; every request that gets that far leaves one audit row, appended before the
-/// answer's last byte goes out.
+/// `POST /v1/chat/completions`: the key in `Authorization: Bearer`, errors in OpenAI's shape.
 pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
+    let key = auth::bearer(req.header("authorization"));
+    serve(
+        app,
+        req,
+        Endpoint::ChatCompletions,
+        key,
+        relay,
+        Reply::error,
+    )
+}
+
+/// How one proxy route turns a request into an upstream call and its answer.
+pub(super) type RelayFn = fn(&App, &Req, &mut RequestRecord) -> Result<Relay, ApiError>;
+
+/// What every proxy route does, top to bottom: the agent, its key, room in the journal, then
+/// the route's relay; every request that gets that far leaves one audit row, appended before
+/// the answer's last byte goes out. `error_reply` gives errors the route's dialect.
+pub(super) fn serve(
+    app: &App,
+    req: &Req,
+    endpoint: Endpoint,
+    key: Option<&str>,
+    relay: RelayFn,
+    error_reply: fn(&ApiError) -> Reply,
+) -> Result<Reply, ApiError> {
     let agent_id = agent_of(req)?;
     // A refused key leaves no row (anyone could fill the table with them).
-    auth::authorize(&app.config, Access::Proxy, req.header("authorization"))?;
+    auth::authorize_key(&app.config, Access::Proxy, key)?;
     app.journal.check_room()?;
     let mut record = RequestRecord {
-        endpoint: Endpoint::ChatCompletions,
+        endpoint,
         agent_id,
         received_at: req.received_at,
         ..RequestRecord::default()
@@ -76,10 +101,10 @@ pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
         Ok(Relay::Answered(reply)) => reply,
         Err(e) => {
             if e.status() >= 500 {
-                crate::error!("POST /v1/chat/completions: {e}");
+                crate::error!("POST {}: {e}", req.path.escape_debug());
             }
             record.error = Some(e.message());
-            Reply::error(&e)
+            error_reply(&e)
         }
     };
     record.status = reply.status;
@@ -88,8 +113,54 @@ pub fn chat_completions(app: &App, req: &Req) -> Result<Reply, ApiError> {
     Ok(with_target_headers(reply, record.target.as_ref()))
 }
 
+/// The agent's route and its profile's key, noted in the audit record.
+pub(super) fn resolve(app: &App, record: &mut RequestRecord) -> Result<(Route, String), ApiError> {
+    let route = loaded(app)?
+        .route(&record.agent_id)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?;
+    let profile = &route.profile;
+    record.target = Some(Target {
+        profile_name: profile.name.clone(),
+        provider_type: profile.provider_type.as_str().to_string(),
+        model_name: route.model.name.clone(),
+    });
+    let api_key = app.open_api_key(profile.id, &profile.name, &profile.sealed_credentials)?;
+    Ok((route, api_key))
+}
+
+/// What the upstream sent back.
+pub(super) enum Sent {
+    /// A whole answer: a non-streaming call, or a stream that came back as one JSON document
+    /// (an error, or an upstream that ignored `stream`).
+    Whole(Answer),
+    /// A successful event stream, still arriving.
+    Stream(Streaming),
+}
+
+/// One whole upstream call.
+pub(super) fn call(app: &App, call: &Call) -> Result<Answer, ApiError> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    app.upstream
+        .call("POST", &call.url, &headers, Some(&call.body))
+}
+
+/// Calls the upstream, as a stream when `stream`.
+pub(super) fn send(app: &App, call: &Call, stream: bool) -> Result<Sent, ApiError> {
+    if !stream {
+        return Ok(Sent::Whole(self::call(app, call)?));
+    }
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let streaming = app.upstream.open_stream(&call.url, &headers, &call.body)?;
+    let is_event_stream = streaming.content_type.starts_with("text/event-stream");
+    if !(200..300).contains(&streaming.status) || !is_event_stream {
+        return Ok(Sent::Whole(read_whole(app, streaming)?));
+    }
+    Ok(Sent::Stream(streaming))
+}
+
 /// The agent a request speaks for: `x-agent-id`, or `default`.
-fn agent_of(req: &Req) -> Result<String, ApiError> {
+pub(super) fn agent_of(req: &Req) -> Result<String, ApiError> {
     let agent_id = req
         .header("x-agent-id")
         .map(str::trim)
@@ -101,7 +172,7 @@ fn agent_of(req: &Req) -> Result<String, ApiError> {
     Ok(agent_id.to_string())
 }
 
-fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
+pub(super) fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
     match target {
         Some(t) => reply
             .with_header("x-switcher-profile", &t.profile_name)
@@ -110,7 +181,7 @@ fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
     }
 }
 
-enum Relay {
+pub(super) enum Relay {
     /// A complete answer; the caller appends the audit row.
     Answered(Reply),
     /// A stream that appends its own audit row when it ends.
@@ -128,47 +199,23 @@ fn relay(app: &App, req: &Req, record: &mut RequestRecord) -> Result<Relay, ApiE
         == Some(&Value::Bool(true));
     record.stream = stream;
 
-    let route = loaded(app)?
-        .route(&record.agent_id)
-        .cloned()
-        .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?;
+    let (route, api_key) = resolve(app, record)?;
     let (profile, model) = (&route.profile, &route.model);
-    record.target = Some(Target {
-        profile_name: profile.name.clone(),
-        provider_type: profile.provider_type.as_str().to_string(),
-        model_name: model.name.clone(),
-    });
-    let api_key = app.open_api_key(profile.id, &profile.name, &profile.sealed_credentials)?;
-
     let body = drop_params(body, &model.drop_params);
     let call = match profile.provider_type {
         ProviderType::Anthropic => anthropic_call(&route, body, &api_key)?,
-        ProviderType::OpenAi | ProviderType::OpenAiCompatible => {
+        ProviderType::OpenAiCompatible | ProviderType::OpenAi => {
             openai_call(&route, body, &api_key)
         }
     };
-    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let payload = serde_json::to_vec(&call.body).unwrap_or_default();
-
-    if !stream {
-        let answer = app
-            .upstream
-            .call("POST", &call.url, &headers, Some(&payload))?;
-        let (reply, usage) = finish_answer(&route, answer, &api_key)?;
-        record.usage = usage;
-        return Ok(Relay::Answered(reply));
-    }
-
-    let streaming = app.upstream.open_stream(&call.url, &headers, &payload)?;
-    let is_event_stream = streaming.content_type.starts_with("text/event-stream");
-    if !(200..300).contains(&streaming.status) || !is_event_stream {
-        // An error (or an upstream that ignored `stream`) comes back as one JSON document.
-        let answer = read_whole(app, streaming)?;
-        let (reply, usage) = finish_answer(&route, answer, &api_key)?;
-        record.usage = usage;
-        return Ok(Relay::Answered(reply));
-    }
-
+    let streaming = match send(app, &call, stream)? {
+        Sent::Whole(answer) => {
+            let (reply, usage) = finish_answer(&route, answer, &api_key)?;
+            record.usage = usage;
+            return Ok(Relay::Answered(reply));
+        }
+        Sent::Stream(streaming) => streaming,
+    };
     let relay = match profile.provider_type {
         ProviderType::Anthropic => Translate::Anthropic(anthropic_stream::Translator::new(
             unix_now(),
@@ -181,16 +228,18 @@ fn relay(app: &App, req: &Req, record: &mut RequestRecord) -> Result<Relay, ApiE
             done: false,
         },
     };
-    record.status = streaming.status;
-    let reply = stream_reply(app, streaming, relay, record.clone(), req.started, api_key);
-    Ok(Relay::Streamed(with_target_headers(
-        reply,
-        record.target.as_ref(),
+    Ok(Relay::Streamed(stream_reply(
+        app,
+        streaming,
+        relay,
+        record,
+        req.started,
+        api_key,
     )))
 }
 
 /// Removes the model's `drop_params` from the top level of the request.
-fn drop_params(mut body: Map<String, Value>, drop: &[String]) -> Map<String, Value> {
+pub(super) fn drop_params(mut body: Map<String, Value>, drop: &[String]) -> Map<String, Value> {
     for field in drop {
         if !PROTECTED_FIELDS.contains(&field.as_str()) {
             body.remove(field);
@@ -200,13 +249,13 @@ fn drop_params(mut body: Map<String, Value>, drop: &[String]) -> Map<String, Val
 }
 
 /// An upstream request, ready to send.
-struct Call {
-    url: String,
-    headers: Vec<(&'static str, String)>,
-    body: Value,
+pub(super) struct Call {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
 }
 
-fn openai_call(route: &Route, mut body: Map<String, Value>, api_key: &str) -> Call {
+pub(super) fn openai_call(route: &Route, mut body: Map<String, Value>, api_key: &str) -> Call {
     body.insert("model".into(), Value::String(route.model.name.clone()));
     if let Some(cap) = route.model.max_tokens {
         apply_max_tokens(&mut body, cap, route.profile.provider_type);
@@ -217,7 +266,7 @@ fn openai_call(route: &Route, mut body: Map<String, Value>, api_key: &str) -> Ca
             ("Authorization", format!("Bearer {api_key}")),
             ("Content-Type", "application/json".into()),
         ],
-        body: Value::Object(body),
+        body: serde_json::to_vec(&body).unwrap_or_default(),
     }
 }
 
@@ -267,11 +316,11 @@ fn anthropic_call(
             ("anthropic-version", ANTHROPIC_VERSION.to_string()),
             ("Content-Type", "application/json".into()),
         ],
-        body: translated,
+        body: serde_json::to_vec(&translated).unwrap_or_default(),
     })
 }
 
-fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
+pub(super) fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
     let body = app.upstream.read_body(&mut streaming.body)?;
     Ok(Answer {
         status: streaming.status,
@@ -322,7 +371,7 @@ fn finish_answer(
 
 /// Upstream errors may quote the key they were sent ("Incorrect API key provided: sk-…");
 /// the agent must never see a profile's credential, so every occurrence is masked.
-fn redact(body: Vec<u8>, secret: &str) -> Vec<u8> {
+pub(super) fn redact(body: Vec<u8>, secret: &str) -> Vec<u8> {
     let secret = secret.as_bytes();
     // A key this short would mask ordinary text; no provider issues one.
     if secret.len() < 6 || !body.windows(secret.len()).any(|w| w == secret) {
@@ -390,20 +439,34 @@ fn check_chat_request(body: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// How a stream's bytes become the agent's bytes.
-enum Translate {
+pub(super) enum Translate {
     /// OpenAI-type upstreams: bytes relayed as they are, watched for usage and `[DONE]`.
     Passthrough {
         parser: sse::Parser,
         usage: Option<Usage>,
         done: bool,
     },
+    /// Anthropic upstream, OpenAI client.
     Anthropic(anthropic_stream::Translator),
+    /// OpenAI-type upstream, Anthropic client (`/v1/messages`).
+    Inbound(anthropic_inbound::StreamTranslator),
+    /// Anthropic upstream, Anthropic client: bytes relayed as they are, watched for usage
+    /// and `message_stop`. `failure` notes a stream that ended without either.
+    AnthropicPassthrough {
+        watcher: anthropic_passthrough::Watcher,
+        failure: Option<String>,
+    },
 }
 
 impl Translate {
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         match self {
             Translate::Anthropic(t) => t.feed(bytes),
+            Translate::Inbound(t) => t.feed(bytes),
+            Translate::AnthropicPassthrough { watcher, .. } => {
+                watcher.feed(bytes);
+                bytes.to_vec()
+            }
             Translate::Passthrough {
                 parser,
                 usage,
@@ -429,7 +492,28 @@ impl Translate {
     fn finish(&mut self) -> Vec<u8> {
         match self {
             Translate::Anthropic(t) => t.finish(),
+            Translate::Inbound(t) => t.finish(),
+            Translate::AnthropicPassthrough { watcher, failure } => {
+                if watcher.is_done() {
+                    return Vec::new();
+                }
+                // The client must not take a cut answer for a whole one.
+                let message = "the upstream stream ended before message_stop";
+                *failure = Some(message.into());
+                anthropic_inbound::error_event(message)
+            }
             Translate::Passthrough { .. } => Vec::new(),
+        }
+    }
+
+    /// The upstream connection failed mid-stream: the error event of the client's dialect.
+    fn broken(&mut self, e: &ApiError) -> Vec<u8> {
+        match self {
+            Translate::Inbound(t) => t.broken(&e.message()),
+            Translate::AnthropicPassthrough { .. } => anthropic_inbound::error_event(&e.message()),
+            Translate::Anthropic(_) | Translate::Passthrough { .. } => {
+                sse::data_event(&e.body().to_string()).into_bytes()
+            }
         }
     }
 
@@ -437,6 +521,10 @@ impl Translate {
     fn error(&self) -> Option<String> {
         match self {
             Translate::Anthropic(t) => t.error().map(str::to_string),
+            Translate::Inbound(t) => t.error().map(str::to_string),
+            Translate::AnthropicPassthrough { watcher, failure } => failure
+                .clone()
+                .or_else(|| watcher.error().map(str::to_string)),
             // Relayed as it came: an OpenAI-type stream that ends without `[DONE]` is passed
             // on as it is (some compatible servers never send it), but the audit notes it.
             Translate::Passthrough { done: false, .. } => {
@@ -449,6 +537,8 @@ impl Translate {
     fn is_done(&self) -> bool {
         match self {
             Translate::Anthropic(t) => t.is_done(),
+            Translate::Inbound(t) => t.is_done(),
+            Translate::AnthropicPassthrough { watcher, .. } => watcher.is_done(),
             Translate::Passthrough { done, .. } => *done,
         }
     }
@@ -456,6 +546,8 @@ impl Translate {
     fn usage(&self) -> Option<Usage> {
         match self {
             Translate::Anthropic(t) => t.usage(),
+            Translate::Inbound(t) => t.usage(),
+            Translate::AnthropicPassthrough { watcher, .. } => watcher.usage(),
             Translate::Passthrough { usage, .. } => *usage,
         }
     }
@@ -464,19 +556,22 @@ impl Translate {
 /// The streamed reply: relays event by event. Once the upstream ended (or failed, or the
 /// agent went away), the audit row is appended, and only then is the terminating chunk sent,
 /// so no answered stream is without its row.
-fn stream_reply(
+pub(super) fn stream_reply(
     app: &App,
     streaming: Streaming,
     mut relay: Translate,
-    mut record: RequestRecord,
+    record: &RequestRecord,
     started: Instant,
     api_key: String,
 ) -> Reply {
+    let mut record = record.clone();
+    record.status = streaming.status;
+    let target = record.target.clone();
     let journal: Arc<Journal> = app.journal.clone();
     let upstream = app.upstream.clone();
     let status = streaming.status;
     let mut body = streaming.body;
-    Reply::stream(
+    let reply = Reply::stream(
         status,
         Box::new(move |out: &mut dyn Write| {
             let mut buf = vec![0u8; 16 * 1024];
@@ -489,7 +584,7 @@ fn stream_reply(
                     Err(e) => {
                         let e = upstream.io_failure(&e);
                         failure = Some(e.message());
-                        (sse::data_event(&e.body().to_string()).into_bytes(), true)
+                        (relay.broken(&e), true)
                     }
                 };
                 // An error event may quote the key, as error bodies may.
@@ -525,7 +620,8 @@ fn stream_reply(
                 None => Ok(()),
             }
         }),
-    )
+    );
+    with_target_headers(reply, target.as_ref())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod support;
 mod control_plane;
 mod data_plane;
 mod lifecycle;
+mod messages;
 mod proxy;
 mod streaming;
 mod wizard;

@@ -17,7 +17,7 @@ use crate::support::*;
 // ---------------------------------------------------------------------------------------------
 
 /// Generous: the machine running the tests is slow and busy.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A prompt no server line or audit column may ever contain.
 const PROMPT_CANARY: &str = "PROMPT-CANARY-7f3a9 what is the secret plan";
@@ -207,7 +207,7 @@ fn names_field(message: &str, field: &str) -> bool {
         .any(|word| word == field)
 }
 
-fn audit_count(app: &TestApp) -> usize {
+pub(crate) fn audit_count(app: &TestApp) -> usize {
     let n: i64 = app
         .db
         .client()
@@ -218,7 +218,7 @@ fn audit_count(app: &TestApp) -> usize {
 }
 
 /// Every audit_requests row as JSON, oldest first.
-fn audit_rows(app: &TestApp) -> Vec<Value> {
+pub(crate) fn audit_rows(app: &TestApp) -> Vec<Value> {
     app.db
         .client()
         .query(
@@ -233,7 +233,7 @@ fn audit_rows(app: &TestApp) -> Vec<Value> {
 
 /// Waits until there are `expected` audit rows, gives a stray extra row time to appear, and
 /// checks there is none; returns the rows.
-fn settled_audit_rows(app: &TestApp, expected: usize) -> Vec<Value> {
+pub(crate) fn settled_audit_rows(app: &TestApp, expected: usize) -> Vec<Value> {
     let reached = eventually(PATIENCE, || audit_count(app) >= expected);
     assert!(
         reached,
@@ -251,7 +251,7 @@ fn settled_audit_rows(app: &TestApp, expected: usize) -> Vec<Value> {
 }
 
 /// The one row the last request added to the `before` there were.
-fn next_audit_row(app: &TestApp, before: usize) -> Value {
+pub(crate) fn next_audit_row(app: &TestApp, before: usize) -> Value {
     settled_audit_rows(app, before + 1).pop().unwrap()
 }
 
