@@ -38,7 +38,8 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 }
 
 /// OpenAI chat.completions request body -> Anthropic Messages request body.
-/// `model` is the active model name to put in the request; `model_max_tokens` is the model's configured max_tokens (default and cap).
+/// `model` is the active model name to put in the request (it also decides how thinking is
+/// asked for, see [`thinking_style`]); `model_max_tokens` is the model's configured max_tokens (default and cap).
 /// The caller has ALREADY removed `drop_params` fields and the `model` field may be anything (ignore it). `stream` is copied as `"stream": true` when the OpenAI request has `stream: true` (streaming is translated elsewhere); other stream_options are not sent upstream.
 pub fn translate_request(
     openai: &Value,
@@ -58,16 +59,46 @@ pub fn translate_request(
         return fail("`messages` must hold at least one user or assistant message with content");
     }
     if let Some(system) = system {
-        out.insert("system".into(), json!(system));
+        out.insert("system".into(), system);
     }
     out.insert("messages".into(), Value::Array(messages));
-    out.insert(
-        "max_tokens".into(),
-        json!(max_tokens(req, model_max_tokens)?),
-    );
-    translate_sampling(req, &mut out)?;
+    let max_tokens = max_tokens(req, model_max_tokens)?;
+    // Sampling is checked whether or not it is sent: a bad value is a bad request either way.
+    let mut sampling = Map::new();
+    translate_sampling(req, &mut sampling)?;
     translate_stop(req, &mut out)?;
     translate_tools(req, &mut out)?;
+    let mut output_config = Map::new();
+    if let Some(format) = output_format(req)? {
+        output_config.insert("format".into(), format);
+    }
+    let reasoning = reasoning_effort(req)?;
+    let thinking = reasoning.and_then(|effort| {
+        thinking_for(
+            effort,
+            thinking_style(model),
+            max_tokens,
+            model_max_tokens,
+            out.get("tool_choice"),
+        )
+    });
+    match thinking {
+        Some(thinking) => {
+            out.insert("thinking".into(), thinking.thinking);
+            if let Some(effort) = thinking.effort {
+                output_config.insert("effort".into(), json!(effort));
+            }
+            out.insert("max_tokens".into(), json!(thinking.max_tokens));
+            // Anthropic refuses temperature, top_p and top_k with thinking on.
+        }
+        None => {
+            out.insert("max_tokens".into(), json!(max_tokens));
+            out.extend(sampling);
+        }
+    }
+    if !output_config.is_empty() {
+        out.insert("output_config".into(), Value::Object(output_config));
+    }
     if let Some(user) = present(req, "user") {
         let Some(user) = user.as_str() else {
             return fail("`user` must be a string");
@@ -95,23 +126,153 @@ fn reject_unsupported(req: &Map<String, Value>) -> Result<(), TranslateError> {
             return fail("`logprobs` is not supported for Anthropic models");
         }
     }
-    if let Some(format) = present(req, "response_format") {
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") | Some("json_object") => {}
-            Some("json_schema") => {
-                return fail(
-                    "`response_format` of type json_schema is not supported for Anthropic models",
-                )
+    Ok(())
+}
+
+/// `response_format` -> Anthropic's structured outputs (`output_config.format`). `text` and
+/// `json_object` have no Anthropic counterpart and ask for nothing a prompt does not already.
+fn output_format(req: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
+    let Some(format) = present(req, "response_format") else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") | Some("json_object") => Ok(None),
+        Some("json_schema") => match format.get("json_schema").and_then(|j| j.get("schema")) {
+            Some(schema @ Value::Object(_)) => {
+                Ok(Some(json!({ "type": "json_schema", "schema": schema })))
             }
-            Some(other) => {
-                return fail(format!(
-                    "`response_format` of type {other} is not supported for Anthropic models"
-                ))
-            }
-            None => return fail("`response_format` must be an object with a `type`"),
+            _ => fail("`response_format.json_schema.schema` must be an object"),
+        },
+        Some(other) => fail(format!(
+            "`response_format` of type {other} is not supported for Anthropic models"
+        )),
+        None => fail("`response_format` must be an object with a `type`"),
+    }
+}
+
+/// How a Claude model takes `thinking`. Decided from the model's name alone, by
+/// [`thinking_style`]: the one place that knows which models are which (README, "Reasoning").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkingStyle {
+    /// Claude 4.6 and later: `thinking: {type: adaptive}` with `output_config.effort`
+    /// (the budget form is refused from 4.7 on and deprecated on 4.6).
+    Adaptive,
+    /// Claude 4.5 and earlier: only `thinking: {type: enabled, budget_tokens}`.
+    Budget,
+}
+
+/// The rule: the version in the model's name, the first one- or two-digit number after
+/// `claude` (`claude-opus-4-7` -> 4.7, `claude-3-7-sonnet-latest` -> 3.7, `claude-opus-5` -> 5,
+/// `claude-opus-4-20250514` -> 4: a date is not a minor version), separators `-`, `.`, `@`, `:`,
+/// `/` alike, case ignored. 4.6 and above take adaptive thinking, below take a budget. A name
+/// without a version is taken for a newer model than this rule knows: adaptive.
+pub fn thinking_style(model: &str) -> ThinkingStyle {
+    match claude_version(model) {
+        Some(version) if version < (4, 6) => ThinkingStyle::Budget,
+        _ => ThinkingStyle::Adaptive,
+    }
+}
+
+fn claude_version(model: &str) -> Option<(u32, u32)> {
+    let lower = model.to_ascii_lowercase();
+    let tokens: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let after_claude = tokens
+        .iter()
+        .position(|t| *t == "claude")
+        .map_or(0, |p| p + 1);
+    let tokens = &tokens[after_claude..];
+    let short_number =
+        |t: &&str| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit());
+    let at = tokens.iter().position(short_number)?;
+    let major = tokens[at].parse().ok()?;
+    let minor = tokens
+        .get(at + 1)
+        .filter(|t| short_number(t))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Some((major, minor))
+}
+
+/// OpenAI's `reasoning_effort` levels, as an index into the tables of [`thinking_for`];
+/// `none` (and no field) asks for no thinking.
+fn reasoning_effort(req: &Map<String, Value>) -> Result<Option<usize>, TranslateError> {
+    let Some(effort) = present(req, "reasoning_effort") else {
+        return Ok(None);
+    };
+    let Some(effort) = effort.as_str() else {
+        return fail("`reasoning_effort` must be a string");
+    };
+    match effort {
+        "none" => Ok(None),
+        "minimal" => Ok(Some(0)),
+        "low" => Ok(Some(1)),
+        "medium" => Ok(Some(2)),
+        "high" => Ok(Some(3)),
+        "xhigh" => Ok(Some(4)),
+        other => fail(format!(
+            "`reasoning_effort` \"{other}\" is not supported (none, minimal, low, medium, high, xhigh)"
+        )),
+    }
+}
+
+/// What a request with thinking on sends: `thinking`, `output_config.effort` (adaptive only)
+/// and the `max_tokens` that leaves room for the budget.
+#[derive(Debug, PartialEq)]
+struct Thinking {
+    thinking: Value,
+    effort: Option<&'static str>,
+    max_tokens: i64,
+}
+
+const ADAPTIVE_EFFORTS: [&str; 5] = ["low", "low", "medium", "high", "max"];
+const THINKING_BUDGETS: [i64; 5] = [1024, 2048, 4096, 16384, 32768];
+/// Anthropic's smallest budget, and the room left for the answer after it.
+const MIN_THINKING_BUDGET: i64 = 1024;
+
+/// Thinking for effort level `level`, or none when it cannot be sent: Anthropic refuses
+/// thinking with a `tool_choice` that forces a tool (the agent's tool call matters more than
+/// the reasoning), and a budget below 1024 tokens.
+fn thinking_for(
+    level: usize,
+    style: ThinkingStyle,
+    max_tokens: i64,
+    model_max_tokens: Option<i64>,
+    tool_choice: Option<&Value>,
+) -> Option<Thinking> {
+    let forced = tool_choice
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "any" || t == "tool");
+    if forced {
+        return None;
+    }
+    match style {
+        ThinkingStyle::Adaptive => Some(Thinking {
+            thinking: json!({ "type": "adaptive" }),
+            effort: Some(ADAPTIVE_EFFORTS[level]),
+            max_tokens,
+        }),
+        ThinkingStyle::Budget => {
+            let budget = THINKING_BUDGETS[level];
+            let (budget, max_tokens) = if max_tokens > budget {
+                (budget, max_tokens)
+            } else {
+                let wanted = budget + MIN_THINKING_BUDGET;
+                match model_max_tokens.filter(|cap| *cap > 0 && *cap < wanted) {
+                    None => (budget, wanted),
+                    Some(cap) => (cap - MIN_THINKING_BUDGET, cap),
+                }
+            };
+            (budget >= MIN_THINKING_BUDGET).then(|| Thinking {
+                thinking: json!({ "type": "enabled", "budget_tokens": budget }),
+                effort: None,
+                max_tokens,
+            })
         }
     }
-    Ok(())
 }
 
 fn max_tokens(
@@ -297,7 +458,27 @@ fn translate_tool(i: usize, tool: &Value) -> Result<Value, TranslateError> {
         Some(_) => return fail(format!("tools[{i}].function.parameters must be an object")),
     };
     out.insert("input_schema".into(), schema);
+    if let Some(cache_control) = cache_control(&format!("tools[{i}]"), tool)? {
+        out.insert("cache_control".into(), cache_control);
+    }
     Ok(Value::Object(out))
+}
+
+/// A part's (or tool's) `cache_control` marker, passed on as it is: Anthropic's own shape
+/// (`{"type":"ephemeral"}`, optionally with a `ttl`), which is what clients send.
+fn cache_control(field: &str, part: &Value) -> Result<Option<Value>, TranslateError> {
+    match part.get("cache_control") {
+        None | Some(Value::Null) => Ok(None),
+        Some(marker @ Value::Object(_)) => Ok(Some(marker.clone())),
+        Some(_) => fail(format!("{field}.cache_control must be an object")),
+    }
+}
+
+fn with_cache_control(mut block: Value, cache_control: Option<Value>) -> Value {
+    if let Some(cache_control) = cache_control {
+        block["cache_control"] = cache_control;
+    }
+    block
 }
 
 /// One Anthropic turn being assembled from one or more OpenAI messages.
@@ -309,14 +490,21 @@ struct Turn {
     plain: bool,
 }
 
+/// One text of a system or developer message, with its cache marker.
+struct SystemPart {
+    text: String,
+    cache_control: Option<Value>,
+}
+
 /// Returns the hoisted system prompt and the Anthropic `messages`.
 fn translate_messages(
     messages: Option<&Value>,
-) -> Result<(Option<String>, Vec<Value>), TranslateError> {
+) -> Result<(Option<Value>, Vec<Value>), TranslateError> {
     let Some(messages) = messages.and_then(Value::as_array) else {
         return fail("`messages` must be an array");
     };
-    let mut system: Vec<String> = Vec::new();
+    // One entry per system or developer message, in order.
+    let mut system: Vec<Vec<SystemPart>> = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         let Some(message) = message.as_object() else {
@@ -328,12 +516,7 @@ fn translate_messages(
         };
         match role {
             // Agents put system messages mid-conversation; Anthropic has only the top-level one.
-            "system" | "developer" => {
-                let text = system_text(i, message)?;
-                if !text.trim().is_empty() {
-                    system.push(text);
-                }
-            }
+            "system" | "developer" => system.push(system_parts(i, message)?),
             "user" => {
                 let (blocks, plain) = user_blocks(i, message)?;
                 push_turn(&mut turns, "user", blocks, plain);
@@ -353,8 +536,36 @@ fn translate_messages(
             }
         }
     }
-    let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    Ok((system, turns.into_iter().map(finish_turn).collect()))
+    Ok((
+        system_prompt(system),
+        turns.into_iter().map(finish_turn).collect(),
+    ))
+}
+
+/// The top-level `system`: the messages' texts joined with a blank line, or, once any part
+/// carries a cache marker, a list of text blocks (one per non-empty part, in order) so that the
+/// marker has a block to sit on.
+fn system_prompt(messages: Vec<Vec<SystemPart>>) -> Option<Value> {
+    let marked = messages
+        .iter()
+        .flatten()
+        .any(|part| part.cache_control.is_some());
+    if marked {
+        let blocks: Vec<Value> = messages
+            .into_iter()
+            .flatten()
+            .filter_map(|part| {
+                text_block(&part.text).map(|block| with_cache_control(block, part.cache_control))
+            })
+            .collect();
+        return (!blocks.is_empty()).then_some(Value::Array(blocks));
+    }
+    let texts: Vec<String> = messages
+        .into_iter()
+        .map(|parts| parts.into_iter().map(|part| part.text).collect::<String>())
+        .filter(|text| !text.trim().is_empty())
+        .collect();
+    (!texts.is_empty()).then(|| json!(texts.join("\n\n")))
 }
 
 /// Appends a message's blocks, merging with the previous turn when the role repeats (Anthropic
@@ -452,21 +663,39 @@ fn text_block(text: &str) -> Option<Value> {
     (!text.trim().is_empty()).then(|| json!({ "type": "text", "text": text }))
 }
 
-fn system_text(i: usize, message: &Map<String, Value>) -> Result<String, TranslateError> {
+fn system_parts(i: usize, message: &Map<String, Value>) -> Result<Vec<SystemPart>, TranslateError> {
     match content_of(i, message)? {
-        Content::Empty => Ok(String::new()),
-        Content::Text(text) => Ok(text.to_string()),
+        Content::Empty => Ok(Vec::new()),
+        Content::Text(text) => Ok(vec![SystemPart {
+            text: text.to_string(),
+            cache_control: None,
+        }]),
         Content::Parts(parts) => {
             let mut texts = Vec::new();
             for (j, part) in parts.iter().enumerate() {
                 match part_type(i, j, part)? {
-                    "text" => texts.push(part_text(i, j, part, "text")?),
+                    "text" => texts.push(SystemPart {
+                        text: part_text(i, j, part, "text")?.to_string(),
+                        cache_control: cache_control(&format!("messages[{i}].content[{j}]"), part)?,
+                    }),
                     other => return unsupported_part(i, j, other),
                 }
             }
-            Ok(texts.concat())
+            Ok(texts)
         }
     }
+}
+
+/// A text content part as a text block with the part's cache marker, or none when the text
+/// is empty (the marker goes with it: Anthropic refuses cache_control on an empty text block).
+fn text_part_block(
+    i: usize,
+    j: usize,
+    part: &Value,
+    key: &str,
+) -> Result<Option<Value>, TranslateError> {
+    let marker = cache_control(&format!("messages[{i}].content[{j}]"), part)?;
+    Ok(text_block(part_text(i, j, part, key)?).map(|block| with_cache_control(block, marker)))
 }
 
 fn user_blocks(
@@ -480,8 +709,11 @@ fn user_blocks(
             let mut blocks = Vec::new();
             for (j, part) in parts.iter().enumerate() {
                 match part_type(i, j, part)? {
-                    "text" => blocks.extend(text_block(part_text(i, j, part, "text")?)),
-                    "image_url" => blocks.push(image_block(i, j, part)?),
+                    "text" => blocks.extend(text_part_block(i, j, part, "text")?),
+                    "image_url" => {
+                        let marker = cache_control(&format!("messages[{i}].content[{j}]"), part)?;
+                        blocks.push(with_cache_control(image_block(i, j, part)?, marker));
+                    }
                     other => return unsupported_part(i, j, other),
                 }
             }
@@ -558,19 +790,20 @@ fn assistant_blocks(
     i: usize,
     message: &Map<String, Value>,
 ) -> Result<(Vec<Value>, bool), TranslateError> {
-    let mut blocks = Vec::new();
+    // Signed thinking goes back first in its turn, as Anthropic returned it.
+    let mut blocks = thinking_blocks(i, message)?;
     let mut plain = false;
     match content_of(i, message)? {
         Content::Empty => {}
         Content::Text(text) => {
             blocks.extend(text_block(text));
-            plain = true;
+            plain = blocks.len() == 1;
         }
         Content::Parts(parts) => {
             for (j, part) in parts.iter().enumerate() {
                 match part_type(i, j, part)? {
-                    "text" => blocks.extend(text_block(part_text(i, j, part, "text")?)),
-                    "refusal" => blocks.extend(text_block(part_text(i, j, part, "refusal")?)),
+                    "text" => blocks.extend(text_part_block(i, j, part, "text")?),
+                    "refusal" => blocks.extend(text_part_block(i, j, part, "refusal")?),
                     // Some clients replay Anthropic's own blocks; they are deduplicated
                     // against `tool_calls` when the turn is finished.
                     "tool_use" => blocks.push(replayed_tool_use(i, j, part)?),
@@ -590,6 +823,39 @@ fn assistant_blocks(
         Some(_) => return fail(format!("messages[{i}].tool_calls must be an array")),
     }
     Ok((blocks, plain))
+}
+
+/// An assistant message's `thinking_blocks` (as this service returns them), checked for the
+/// fields Anthropic needs and otherwise passed on unchanged: their signatures must verify.
+/// `reasoning_content` is never sent: it carries no signature.
+fn thinking_blocks(i: usize, message: &Map<String, Value>) -> Result<Vec<Value>, TranslateError> {
+    let blocks = match message.get("thinking_blocks") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(blocks)) => blocks,
+        Some(_) => return fail(format!("messages[{i}].thinking_blocks must be an array")),
+    };
+    let mut out = Vec::with_capacity(blocks.len());
+    for (j, block) in blocks.iter().enumerate() {
+        let field = format!("messages[{i}].thinking_blocks[{j}]");
+        let is_string = |key: &str| block.get(key).is_some_and(Value::is_string);
+        match block.get("type").and_then(Value::as_str) {
+            Some("thinking") if is_string("thinking") && is_string("signature") => {}
+            Some("thinking") => {
+                return fail(format!(
+                    "{field} must have string `thinking` and `signature` fields"
+                ))
+            }
+            Some("redacted_thinking") if is_string("data") => {}
+            Some("redacted_thinking") => return fail(format!("{field} must have a string `data`")),
+            _ => {
+                return fail(format!(
+                    "{field} must be a thinking or redacted_thinking block"
+                ))
+            }
+        }
+        out.push(block.clone());
+    }
+    Ok(out)
 }
 
 fn tool_use_block(i: usize, j: usize, call: &Value) -> Result<Value, TranslateError> {
@@ -657,7 +923,7 @@ fn tool_result_block(i: usize, message: &Map<String, Value>) -> Result<Value, Tr
             let mut blocks = Vec::new();
             for (j, part) in parts.iter().enumerate() {
                 match part_type(i, j, part)? {
-                    "text" => blocks.extend(text_block(part_text(i, j, part, "text")?)),
+                    "text" => blocks.extend(text_part_block(i, j, part, "text")?),
                     other => return unsupported_part(i, j, other),
                 }
             }
@@ -689,10 +955,21 @@ pub(crate) fn sanitize_tool_id(id: &str) -> String {
 pub fn translate_response(anthropic: &Value, created: u64) -> Value {
     let mut texts: Vec<&str> = Vec::new();
     let mut tool_calls: Vec<Value> = Vec::new();
+    let mut reasoning: Option<String> = None;
+    let mut thinking_blocks: Vec<Value> = Vec::new();
     let blocks = anthropic.get("content").and_then(Value::as_array);
     for block in blocks.into_iter().flatten() {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => texts.extend(block.get("text").and_then(Value::as_str)),
+            // Whole, signature included: the client sends them back to go on with tools.
+            Some("thinking") => {
+                let text = block.get("thinking").and_then(Value::as_str);
+                reasoning
+                    .get_or_insert_with(String::new)
+                    .push_str(text.unwrap_or_default());
+                thinking_blocks.push(block.clone());
+            }
+            Some("redacted_thinking") => thinking_blocks.push(block.clone()),
             Some("tool_use") => {
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -704,7 +981,7 @@ pub fn translate_response(anthropic: &Value, created: u64) -> Value {
                     },
                 }));
             }
-            // Thinking and other block types have no place in a chat.completion.
+            // Other block types have no place in a chat.completion.
             _ => {}
         }
     }
@@ -716,6 +993,12 @@ pub fn translate_response(anthropic: &Value, created: u64) -> Value {
     let mut message = json!({ "role": "assistant", "content": content });
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if let Some(reasoning) = reasoning {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if !thinking_blocks.is_empty() {
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
     }
     let stop_reason = anthropic.get("stop_reason").and_then(Value::as_str);
     let mut out = json!({
@@ -729,14 +1012,26 @@ pub fn translate_response(anthropic: &Value, created: u64) -> Value {
             "finish_reason": finish_reason(stop_reason),
         }],
     });
-    if let Some(usage) = anthropic.get("usage").and_then(usage_from_anthropic) {
-        out["usage"] = json!({
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens(),
-        });
+    if let Some(raw) = anthropic.get("usage") {
+        if let Some(usage) = usage_from_anthropic(raw) {
+            out["usage"] = json!({
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens(),
+                "prompt_tokens_details": { "cached_tokens": cached_tokens(raw) },
+            });
+        }
     }
     out
+}
+
+/// OpenAI's `prompt_tokens_details.cached_tokens`: the tokens read from Anthropic's prompt
+/// cache (0 when it reports none).
+pub fn cached_tokens(usage: &Value) -> i64 {
+    usage
+        .get("cache_read_input_tokens")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
 }
 
 /// Usage of an Anthropic response or message_start `usage` object, per ANTHROPIC.md (prompt = input + cache_creation_input + cache_read_input; completion = output). None when there is no usage object.
@@ -1444,14 +1739,53 @@ mod tests {
     }
 
     #[test]
-    fn a_json_schema_response_format_is_rejected() {
+    fn a_json_schema_response_format_becomes_output_config_format() {
+        let schema = json!({
+            "type": "object",
+            "properties": { "city": { "type": "string" } },
+            "required": ["city"],
+            "additionalProperties": false,
+        });
+        let out = translate(json!({
+            "messages": [{ "role": "user", "content": "Where?" }],
+            "response_format": { "type": "json_schema", "json_schema": {
+                "name": "place", "strict": true, "schema": schema,
+            } },
+        }));
+        assert_eq!(
+            out["output_config"],
+            json!({ "format": { "type": "json_schema", "schema": schema } })
+        );
+        assert!(out.get("response_format").is_none());
+    }
+
+    #[test]
+    fn a_json_schema_response_format_without_a_schema_is_rejected() {
+        for format in [
+            json!({ "type": "json_schema" }),
+            json!({ "type": "json_schema", "json_schema": { "name": "x" } }),
+            json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": "{}" } }),
+        ] {
+            let err = translate_err(json!({
+                "messages": [{ "role": "user", "content": "Hi" }],
+                "response_format": format,
+            }));
+            assert_eq!(
+                err,
+                "`response_format.json_schema.schema` must be an object"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_response_format_type_is_rejected() {
         let err = translate_err(json!({
             "messages": [{ "role": "user", "content": "Hi" }],
-            "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": {} } },
+            "response_format": { "type": "grammar" },
         }));
         assert_eq!(
             err,
-            "`response_format` of type json_schema is not supported for Anthropic models"
+            "`response_format` of type grammar is not supported for Anthropic models"
         );
     }
 
@@ -1495,7 +1829,6 @@ mod tests {
             "stream_options": { "include_usage": true },
             "store": true,
             "service_tier": "auto",
-            "reasoning_effort": "low",
         }));
         assert_eq!(
             out,
@@ -1805,6 +2138,466 @@ mod tests {
         );
     }
 
+    // Reasoning: the model-name rule and the reasoning_effort row.
+
+    #[test]
+    fn the_thinking_style_rule_on_the_names_it_was_tested_on() {
+        for (model, style) in [
+            ("claude-opus-4-7", ThinkingStyle::Adaptive),
+            ("claude-sonnet-4-6", ThinkingStyle::Adaptive),
+            ("claude-opus-5", ThinkingStyle::Adaptive),
+            ("claude-sonnet-4-5", ThinkingStyle::Budget),
+            ("claude-opus-4-1", ThinkingStyle::Budget),
+            ("claude-3-7-sonnet-latest", ThinkingStyle::Budget),
+        ] {
+            assert_eq!(thinking_style(model), style, "{model}");
+        }
+    }
+
+    #[test]
+    fn the_thinking_style_rule_reads_dated_and_provider_prefixed_names() {
+        for (model, style) in [
+            ("claude-sonnet-4-5-20250929", ThinkingStyle::Budget),
+            ("claude-opus-4-20250514", ThinkingStyle::Budget),
+            ("claude-opus-4-1@20250805", ThinkingStyle::Budget),
+            (
+                "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+                ThinkingStyle::Budget,
+            ),
+            ("claude-haiku-4-5", ThinkingStyle::Budget),
+            ("anthropic.claude-opus-4-6-v1", ThinkingStyle::Adaptive),
+            ("anthropic/claude-sonnet-4.6", ThinkingStyle::Adaptive),
+            ("Claude-Opus-4-7", ThinkingStyle::Adaptive),
+            ("claude-sonnet-5-20270101", ThinkingStyle::Adaptive),
+            // No version in the name: a model newer than the rule.
+            ("claude-test", ThinkingStyle::Adaptive),
+        ] {
+            assert_eq!(thinking_style(model), style, "{model}");
+        }
+    }
+
+    fn with_model(model: &str, max: Option<i64>, openai: Value) -> Value {
+        translate_request(&openai, model, max).expect("translates")
+    }
+
+    fn hi(extra: Value) -> Value {
+        let mut request = json!({ "messages": [{ "role": "user", "content": "Hi" }] });
+        for (k, v) in extra.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        request
+    }
+
+    #[test]
+    fn reasoning_effort_on_an_adaptive_model_sends_adaptive_thinking_and_an_effort() {
+        for (effort, anthropic) in [
+            ("minimal", "low"),
+            ("low", "low"),
+            ("medium", "medium"),
+            ("high", "high"),
+            ("xhigh", "max"),
+        ] {
+            let out = with_model(
+                "claude-opus-4-7",
+                None,
+                hi(json!({ "reasoning_effort": effort, "max_tokens": 2000 })),
+            );
+            assert_eq!(out["thinking"], json!({ "type": "adaptive" }), "{effort}");
+            assert_eq!(
+                out["output_config"],
+                json!({ "effort": anthropic }),
+                "{effort}"
+            );
+            assert_eq!(out["max_tokens"], json!(2000), "{effort}");
+            assert!(out.get("reasoning_effort").is_none());
+        }
+    }
+
+    #[test]
+    fn reasoning_effort_on_a_budget_model_sends_a_budget_below_max_tokens() {
+        for (effort, budget) in [
+            ("minimal", 1024),
+            ("low", 2048),
+            ("medium", 4096),
+            ("high", 16384),
+            ("xhigh", 32768),
+        ] {
+            let out = with_model(
+                "claude-sonnet-4-5",
+                None,
+                hi(json!({ "reasoning_effort": effort, "max_tokens": 64000 })),
+            );
+            assert_eq!(
+                out["thinking"],
+                json!({ "type": "enabled", "budget_tokens": budget }),
+                "{effort}"
+            );
+            assert_eq!(out["max_tokens"], json!(64000), "{effort}");
+            assert!(out.get("output_config").is_none(), "{effort}");
+        }
+    }
+
+    #[test]
+    fn a_max_tokens_not_above_the_budget_is_raised_to_budget_plus_1024() {
+        let out = with_model(
+            "claude-opus-4-1",
+            None,
+            hi(json!({ "reasoning_effort": "medium", "max_tokens": 4096 })),
+        );
+        assert_eq!(out["thinking"]["budget_tokens"], json!(4096));
+        assert_eq!(out["max_tokens"], json!(5120));
+        // Without any max_tokens the default 4096 is raised the same way.
+        let out = with_model(
+            "claude-opus-4-1",
+            None,
+            hi(json!({ "reasoning_effort": "high" })),
+        );
+        assert_eq!(out["thinking"]["budget_tokens"], json!(16384));
+        assert_eq!(out["max_tokens"], json!(17408));
+    }
+
+    #[test]
+    fn a_model_cap_below_budget_plus_1024_shrinks_the_budget() {
+        let out = with_model(
+            "claude-3-7-sonnet-latest",
+            Some(8192),
+            hi(json!({ "reasoning_effort": "high", "max_tokens": 8192 })),
+        );
+        assert_eq!(
+            out["thinking"],
+            json!({ "type": "enabled", "budget_tokens": 7168 })
+        );
+        assert_eq!(out["max_tokens"], json!(8192));
+    }
+
+    #[test]
+    fn a_budget_that_would_fall_below_1024_sends_no_thinking() {
+        let out = with_model(
+            "claude-3-7-sonnet-latest",
+            Some(2000),
+            hi(json!({ "reasoning_effort": "low", "temperature": 0.5 })),
+        );
+        assert!(out.get("thinking").is_none());
+        assert_eq!(out["max_tokens"], json!(2000));
+        assert_eq!(out["temperature"], json!(0.5));
+    }
+
+    #[test]
+    fn with_thinking_on_temperature_and_top_p_are_not_sent() {
+        for model in ["claude-opus-4-7", "claude-sonnet-4-5"] {
+            let out = with_model(
+                model,
+                None,
+                hi(json!({ "reasoning_effort": "low", "temperature": 0.2, "top_p": 0.9 })),
+            );
+            assert!(out.get("thinking").is_some(), "{model}");
+            assert!(out.get("temperature").is_none(), "{model}");
+            assert!(out.get("top_p").is_none(), "{model}");
+        }
+        // A bad value is still a bad request.
+        let err = translate_request(
+            &hi(json!({ "reasoning_effort": "low", "temperature": "hot" })),
+            "claude-opus-4-7",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.0, "`temperature` must be a number");
+    }
+
+    #[test]
+    fn a_tool_choice_that_forces_a_tool_sends_no_thinking() {
+        for choice in [
+            json!("required"),
+            json!({ "type": "function", "function": { "name": "f" } }),
+        ] {
+            let out = with_model(
+                "claude-opus-4-7",
+                None,
+                hi(json!({
+                    "reasoning_effort": "high",
+                    "tools": [{ "type": "function", "function": { "name": "f" } }],
+                    "tool_choice": choice,
+                    "temperature": 0.3,
+                })),
+            );
+            assert!(out.get("thinking").is_none(), "{choice}");
+            assert!(out.get("output_config").is_none(), "{choice}");
+            assert_eq!(out["temperature"], json!(0.3), "{choice}");
+        }
+        let out = with_model(
+            "claude-opus-4-7",
+            None,
+            hi(json!({
+                "reasoning_effort": "high",
+                "tools": [{ "type": "function", "function": { "name": "f" } }],
+                "tool_choice": "auto",
+            })),
+        );
+        assert_eq!(out["thinking"], json!({ "type": "adaptive" }));
+    }
+
+    #[test]
+    fn reasoning_effort_none_sends_no_thinking_and_unknown_levels_are_rejected() {
+        let out = with_model(
+            "claude-opus-4-7",
+            None,
+            hi(json!({ "reasoning_effort": "none" })),
+        );
+        assert!(out.get("thinking").is_none());
+        assert!(out.get("output_config").is_none());
+        assert_eq!(
+            translate_err(hi(json!({ "reasoning_effort": "extreme" }))),
+            "`reasoning_effort` \"extreme\" is not supported (none, minimal, low, medium, high, xhigh)"
+        );
+        assert_eq!(
+            translate_err(hi(json!({ "reasoning_effort": 3 }))),
+            "`reasoning_effort` must be a string"
+        );
+    }
+
+    #[test]
+    fn effort_and_structured_output_share_output_config() {
+        let out = with_model(
+            "claude-sonnet-4-6",
+            None,
+            hi(json!({
+                "reasoning_effort": "medium",
+                "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "object" } } },
+            })),
+        );
+        assert_eq!(
+            out["output_config"],
+            json!({ "effort": "medium", "format": { "type": "json_schema", "schema": { "type": "object" } } })
+        );
+    }
+
+    // cache_control.
+
+    #[test]
+    fn cache_control_on_content_parts_goes_on_their_blocks() {
+        let marker = json!({ "type": "ephemeral", "ttl": "1h" });
+        let messages = messages_of(json!({
+            "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "A long document", "cache_control": marker },
+                { "type": "image_url", "image_url": { "url": "https://example.com/a.png" },
+                  "cache_control": { "type": "ephemeral" } },
+                { "type": "text", "text": "Question?" },
+            ] }],
+        }));
+        assert_eq!(
+            messages[0]["content"],
+            json!([
+                { "type": "text", "text": "A long document", "cache_control": marker },
+                { "type": "image", "source": { "type": "url", "url": "https://example.com/a.png" },
+                  "cache_control": { "type": "ephemeral" } },
+                { "type": "text", "text": "Question?" },
+            ])
+        );
+    }
+
+    #[test]
+    fn cache_control_on_an_empty_text_part_is_not_sent_with_an_empty_block() {
+        let messages = messages_of(json!({
+            "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "Hello" },
+                { "type": "text", "text": "  ", "cache_control": { "type": "ephemeral" } },
+            ] }],
+        }));
+        assert_eq!(
+            messages[0]["content"],
+            json!([{ "type": "text", "text": "Hello" }])
+        );
+    }
+
+    #[test]
+    fn cache_control_on_assistant_and_tool_message_parts_is_kept() {
+        let messages = messages_of(json!({
+            "messages": [
+                { "role": "user", "content": "go" },
+                { "role": "assistant", "content": [
+                    { "type": "text", "text": "Calling.", "cache_control": { "type": "ephemeral" } },
+                ], "tool_calls": [
+                    { "id": "call_1", "type": "function", "function": { "name": "f", "arguments": "{}" } },
+                ] },
+                { "role": "tool", "tool_call_id": "call_1", "content": [
+                    { "type": "text", "text": "result", "cache_control": { "type": "ephemeral" } },
+                ] },
+            ],
+        }));
+        assert_eq!(
+            messages[1]["content"][0],
+            json!({ "type": "text", "text": "Calling.", "cache_control": { "type": "ephemeral" } })
+        );
+        assert_eq!(
+            messages[2]["content"][0]["content"],
+            json!([{ "type": "text", "text": "result", "cache_control": { "type": "ephemeral" } }])
+        );
+    }
+
+    #[test]
+    fn a_marked_system_part_makes_system_a_list_of_text_blocks() {
+        let out = translate(json!({
+            "messages": [
+                { "role": "system", "content": "Be brief." },
+                { "role": "developer", "content": [
+                    { "type": "text", "text": "Tools: " },
+                    { "type": "text", "text": "" },
+                    { "type": "text", "text": "a long manual", "cache_control": { "type": "ephemeral" } },
+                ] },
+                { "role": "user", "content": "Hi" },
+            ],
+        }));
+        assert_eq!(
+            out["system"],
+            json!([
+                { "type": "text", "text": "Be brief." },
+                { "type": "text", "text": "Tools: " },
+                { "type": "text", "text": "a long manual", "cache_control": { "type": "ephemeral" } },
+            ])
+        );
+    }
+
+    #[test]
+    fn unmarked_system_parts_are_still_joined_into_a_string() {
+        let out = translate(json!({
+            "messages": [
+                { "role": "developer", "content": [
+                    { "type": "text", "text": "one " },
+                    { "type": "text", "text": "two" },
+                ] },
+                { "role": "system", "content": "three" },
+                { "role": "user", "content": "Hi" },
+            ],
+        }));
+        assert_eq!(out["system"], json!("one two\n\nthree"));
+    }
+
+    #[test]
+    fn cache_control_on_a_tool_goes_on_the_anthropic_tool() {
+        let out = translate(json!({
+            "messages": [{ "role": "user", "content": "Hi" }],
+            "tools": [
+                { "type": "function", "function": { "name": "a" } },
+                { "type": "function", "function": { "name": "b" }, "cache_control": { "type": "ephemeral" } },
+            ],
+        }));
+        assert!(out["tools"][0].get("cache_control").is_none());
+        assert_eq!(
+            out["tools"][1]["cache_control"],
+            json!({ "type": "ephemeral" })
+        );
+    }
+
+    #[test]
+    fn a_cache_control_that_is_not_an_object_is_rejected_naming_the_part() {
+        let err = translate_err(json!({
+            "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "Hi", "cache_control": "ephemeral" },
+            ] }],
+        }));
+        assert_eq!(
+            err,
+            "messages[0].content[0].cache_control must be an object"
+        );
+        let err = translate_err(json!({
+            "messages": [{ "role": "user", "content": "Hi" }],
+            "tools": [{ "type": "function", "function": { "name": "a" }, "cache_control": true }],
+        }));
+        assert_eq!(err, "tools[0].cache_control must be an object");
+    }
+
+    // thinking_blocks sent back.
+
+    #[test]
+    fn thinking_blocks_go_first_in_their_turn_unchanged_before_tool_use() {
+        let thinking = json!([
+            { "type": "thinking", "thinking": "I need the weather.", "signature": "EqQBCgIYAh==" },
+            { "type": "redacted_thinking", "data": "ZW5jcnlwdGVk" },
+        ]);
+        let messages = messages_of(json!({
+            "messages": [
+                { "role": "user", "content": "Weather?" },
+                { "role": "assistant", "content": "Checking.",
+                  "reasoning_content": "I need the weather.",
+                  "thinking_blocks": thinking,
+                  "tool_calls": [
+                      { "id": "toolu_1", "type": "function", "function": { "name": "weather", "arguments": "{}" } },
+                  ] },
+                { "role": "tool", "tool_call_id": "toolu_1", "content": "Sunny" },
+            ],
+        }));
+        assert_eq!(
+            messages[1],
+            json!({ "role": "assistant", "content": [
+                thinking[0], thinking[1],
+                { "type": "text", "text": "Checking." },
+                { "type": "tool_use", "id": "toolu_1", "name": "weather", "input": {} },
+            ] })
+        );
+        assert!(!messages.to_string().contains("reasoning_content"));
+    }
+
+    #[test]
+    fn an_assistant_text_with_thinking_blocks_is_sent_as_blocks() {
+        let messages = messages_of(json!({
+            "messages": [
+                { "role": "user", "content": "Hi" },
+                { "role": "assistant", "content": "Hello",
+                  "thinking_blocks": [{ "type": "thinking", "thinking": "greet", "signature": "s" }] },
+                { "role": "user", "content": "Bye" },
+            ],
+        }));
+        assert_eq!(
+            messages[1]["content"],
+            json!([
+                { "type": "thinking", "thinking": "greet", "signature": "s" },
+                { "type": "text", "text": "Hello" },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_reasoning_content_alone_is_never_sent() {
+        let messages = messages_of(json!({
+            "messages": [
+                { "role": "user", "content": "Hi" },
+                { "role": "assistant", "content": "Hello", "reasoning_content": "greet them" },
+                { "role": "user", "content": "Bye" },
+            ],
+        }));
+        assert_eq!(
+            messages[1],
+            json!({ "role": "assistant", "content": "Hello" })
+        );
+    }
+
+    #[test]
+    fn malformed_thinking_blocks_are_rejected_naming_the_block() {
+        for (blocks, message) in [
+            (json!("x"), "messages[1].thinking_blocks must be an array"),
+            (
+                json!([{ "type": "thinking", "thinking": "t" }]),
+                "messages[1].thinking_blocks[0] must have string `thinking` and `signature` fields",
+            ),
+            (
+                json!([{ "type": "redacted_thinking" }]),
+                "messages[1].thinking_blocks[0] must have a string `data`",
+            ),
+            (
+                json!([{ "type": "text", "text": "t" }]),
+                "messages[1].thinking_blocks[0] must be a thinking or redacted_thinking block",
+            ),
+        ] {
+            let err = translate_err(json!({
+                "messages": [
+                    { "role": "user", "content": "Hi" },
+                    { "role": "assistant", "content": "Hello", "thinking_blocks": blocks },
+                ],
+            }));
+            assert_eq!(err, message);
+        }
+    }
+
     // Response.
 
     #[test]
@@ -1834,7 +2627,8 @@ mod tests {
                     "message": { "role": "assistant", "content": "Hello!" },
                     "finish_reason": "stop",
                 }],
-                "usage": { "prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13 },
+                "usage": { "prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
+                           "prompt_tokens_details": { "cached_tokens": 0 } },
             })
         );
     }
@@ -1846,9 +2640,8 @@ mod tests {
                 "id": "msg_02",
                 "model": "claude-test",
                 "content": [
-                    { "type": "thinking", "thinking": "hmm", "signature": "sig" },
                     { "type": "text", "text": "Hello, " },
-                    { "type": "redacted_thinking", "data": "xx" },
+                    { "type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {} },
                     { "type": "text", "text": "world." },
                 ],
                 "stop_reason": "end_turn",
@@ -1859,6 +2652,72 @@ mod tests {
             out["choices"][0]["message"],
             json!({ "role": "assistant", "content": "Hello, world." })
         );
+    }
+
+    #[test]
+    fn thinking_blocks_become_reasoning_content_and_come_back_whole_in_thinking_blocks() {
+        let out = translate_response(
+            &json!({
+                "id": "msg_02",
+                "model": "claude-test",
+                "content": [
+                    { "type": "thinking", "thinking": "The user wants ", "signature": "sig-1" },
+                    { "type": "redacted_thinking", "data": "ZW5jcnlwdGVk" },
+                    { "type": "thinking", "thinking": "the weather.", "signature": "sig-2" },
+                    { "type": "text", "text": "Checking." },
+                    { "type": "tool_use", "id": "toolu_1", "name": "weather", "input": {} },
+                ],
+                "stop_reason": "tool_use",
+            }),
+            1,
+        );
+        let message = &out["choices"][0]["message"];
+        assert_eq!(message["content"], json!("Checking."));
+        assert_eq!(
+            message["reasoning_content"],
+            json!("The user wants the weather.")
+        );
+        assert_eq!(
+            message["thinking_blocks"],
+            json!([
+                { "type": "thinking", "thinking": "The user wants ", "signature": "sig-1" },
+                { "type": "redacted_thinking", "data": "ZW5jcnlwdGVk" },
+                { "type": "thinking", "thinking": "the weather.", "signature": "sig-2" },
+            ])
+        );
+        assert_eq!(message["tool_calls"][0]["id"], json!("toolu_1"));
+    }
+
+    #[test]
+    fn only_redacted_thinking_gives_thinking_blocks_without_reasoning_content() {
+        let out = translate_response(
+            &json!({
+                "id": "m", "model": "m", "stop_reason": "end_turn",
+                "content": [
+                    { "type": "redacted_thinking", "data": "ZW5j" },
+                    { "type": "text", "text": "Hi" },
+                ],
+            }),
+            1,
+        );
+        let message = &out["choices"][0]["message"];
+        assert!(message.get("reasoning_content").is_none());
+        assert_eq!(
+            message["thinking_blocks"],
+            json!([{ "type": "redacted_thinking", "data": "ZW5j" }])
+        );
+    }
+
+    #[test]
+    fn without_thinking_there_are_no_reasoning_fields() {
+        let out = translate_response(
+            &json!({ "id": "m", "model": "m", "stop_reason": "end_turn",
+                     "content": [{ "type": "text", "text": "Hi" }] }),
+            1,
+        );
+        let message = &out["choices"][0]["message"];
+        assert!(message.get("reasoning_content").is_none());
+        assert!(message.get("thinking_blocks").is_none());
     }
 
     #[test]
@@ -1922,7 +2781,8 @@ mod tests {
         );
         assert_eq!(
             out["usage"],
-            json!({ "prompt_tokens": 1110, "completion_tokens": 5, "total_tokens": 1115 })
+            json!({ "prompt_tokens": 1110, "completion_tokens": 5, "total_tokens": 1115,
+                    "prompt_tokens_details": { "cached_tokens": 1000 } })
         );
     }
 
@@ -1976,7 +2836,8 @@ mod tests {
         );
         assert_eq!(
             out["usage"],
-            json!({ "prompt_tokens": i64::MAX, "completion_tokens": i64::MAX, "total_tokens": i64::MAX })
+            json!({ "prompt_tokens": i64::MAX, "completion_tokens": i64::MAX, "total_tokens": i64::MAX,
+                    "prompt_tokens_details": { "cached_tokens": i64::MAX } })
         );
     }
 

@@ -1118,6 +1118,8 @@ fn an_anthropic_profile_gets_a_translated_request_and_answers_a_chat_completion_
                 "message": {
                     "role": "assistant",
                     "content": "Let me check.",
+                    "reasoning_content": "hmm",
+                    "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
                     "tool_calls": [{
                         "id": "toolu_01",
                         "type": "function",
@@ -1126,7 +1128,8 @@ fn an_anthropic_profile_gets_a_translated_request_and_answers_a_chat_completion_
                 },
                 "finish_reason": "tool_calls"
             }],
-            "usage": {"prompt_tokens": 112, "completion_tokens": 20, "total_tokens": 132}
+            "usage": {"prompt_tokens": 112, "completion_tokens": 20, "total_tokens": 132,
+                      "prompt_tokens_details": {"cached_tokens": 7}}
         })
     );
 
