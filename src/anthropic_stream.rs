@@ -23,6 +23,9 @@ pub struct Translator {
     sent_chunk: bool,
     /// Anthropic content-block index → OpenAI tool-call index (tool_use blocks in start order).
     tool_calls: HashMap<u64, usize>,
+    /// The answer's thinking blocks once one started (boxed: most answers have none, and the
+    /// translator lives in the relay's state next to much smaller ones).
+    thinking: Option<Box<ThinkingBlocks>>,
     input_tokens: Option<i64>,
     cache_creation_input_tokens: Option<i64>,
     cache_read_input_tokens: Option<i64>,
@@ -31,6 +34,15 @@ pub struct Translator {
     done: bool,
     /// Why the stream ended in an error event, for the audit row.
     error: Option<String>,
+}
+
+/// Thinking and redacted_thinking blocks, whole, in start order, for the finish chunk's
+/// `delta.thinking_blocks`.
+#[derive(Default)]
+struct ThinkingBlocks {
+    blocks: Vec<Value>,
+    /// Anthropic content-block index → position in `blocks`.
+    index: HashMap<u64, usize>,
 }
 
 impl Translator {
@@ -50,6 +62,7 @@ impl Translator {
             include_usage,
             sent_chunk: false,
             tool_calls: HashMap::new(),
+            thinking: None,
             input_tokens: None,
             cache_creation_input_tokens: None,
             cache_read_input_tokens: None,
@@ -219,7 +232,21 @@ impl Translator {
                 let delta = object(&[("content", string(text("text")))]);
                 self.chunk(&delta, None, out);
             }
-            // Empty text blocks, thinking blocks and block types we do not pass on.
+            "thinking" => {
+                let opening = serde_json::json!({
+                    "type": "thinking",
+                    "thinking": text("thinking"),
+                    "signature": text("signature"),
+                });
+                self.start_thinking_block(value, opening);
+                if !text("thinking").is_empty() {
+                    let delta = object(&[("reasoning_content", string(text("thinking")))]);
+                    self.chunk(&delta, None, out);
+                }
+            }
+            // Nothing to show, but it must go back to Anthropic with the conversation.
+            "redacted_thinking" => self.start_thinking_block(value, block.clone()),
+            // Empty text blocks and block types we do not pass on.
             _ => {}
         }
     }
@@ -245,9 +272,43 @@ impl Translator {
                 let delta = object(&[("tool_calls", format!("[{call}]"))]);
                 self.chunk(&delta, None, out);
             }
-            // thinking_delta, signature_delta, citations_delta, …: not passed on.
+            "thinking_delta" => {
+                self.extend_thinking_block(value, "thinking", text("thinking"));
+                let delta = object(&[("reasoning_content", string(text("thinking")))]);
+                self.chunk(&delta, None, out);
+            }
+            // Only in the finish chunk's thinking_blocks.
+            "signature_delta" => self.extend_thinking_block(value, "signature", text("signature")),
+            // citations_delta, …: not passed on.
             _ => {}
         }
+    }
+
+    fn start_thinking_block(&mut self, value: &Value, block: Value) {
+        let thinking = self.thinking.get_or_insert_with(Default::default);
+        if let Some(index) = value.get("index").and_then(Value::as_u64) {
+            thinking.index.insert(index, thinking.blocks.len());
+        }
+        thinking.blocks.push(block);
+    }
+
+    /// Appends a delta's text to a field of the thinking block it belongs to.
+    fn extend_thinking_block(&mut self, value: &Value, field: &str, piece: &str) {
+        let Some(thinking) = self.thinking.as_deref_mut() else {
+            return;
+        };
+        let index = value.get("index").and_then(Value::as_u64);
+        let Some(&at) = index.and_then(|index| thinking.index.get(&index)) else {
+            return;
+        };
+        let block = &mut thinking.blocks[at];
+        let mut text = block
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        text.push_str(piece);
+        block[field] = Value::String(text);
     }
 
     fn message_delta(&mut self, value: &Value, out: &mut Vec<u8>) {
@@ -260,16 +321,28 @@ impl Translator {
         if let Some(usage) = value.get("usage") {
             self.record_usage(usage);
         }
-        self.chunk("{}", Some(reason), out);
+        // Sent once: a repeated message_delta does not repeat the blocks.
+        let delta = match self.thinking.take() {
+            Some(thinking) if !thinking.blocks.is_empty() => {
+                object(&[("thinking_blocks", Value::Array(thinking.blocks).to_string())])
+            }
+            _ => "{}".to_owned(),
+        };
+        self.chunk(&delta, Some(reason), out);
     }
 
     fn message_stop(&mut self, out: &mut Vec<u8>) {
         if self.include_usage {
             let usage = self.usage().unwrap_or_default();
+            let cached = object(&[(
+                "cached_tokens",
+                self.cache_read_input_tokens.unwrap_or(0).to_string(),
+            )]);
             let usage = object(&[
                 ("prompt_tokens", usage.prompt_tokens.to_string()),
                 ("completion_tokens", usage.completion_tokens.to_string()),
                 ("total_tokens", usage.total_tokens().to_string()),
+                ("prompt_tokens_details", cached),
             ]);
             let mut fields = self.envelope();
             fields.push(("choices", "[]".to_owned()));
@@ -504,7 +577,7 @@ data: {"type":"message_stop"}
     fn a_full_text_stream_becomes_role_content_finish_and_done_chunks() {
         let (translator, out) = translate(TEXT_STREAM.as_bytes(), false);
         let chunks = payloads(&out);
-        assert_eq!(chunks.len(), 5);
+        assert_eq!(chunks.len(), 6);
         assert_eq!(
             chunks[0],
             json!({
@@ -517,15 +590,26 @@ data: {"type":"message_stop"}
         );
         assert_eq!(
             chunks[1]["choices"][0]["delta"],
-            json!({"content": "Hello"})
+            json!({"reasoning_content": "The user greets me."})
         );
         assert_eq!(
             chunks[2]["choices"][0]["delta"],
+            json!({"content": "Hello"})
+        );
+        assert_eq!(
+            chunks[3]["choices"][0]["delta"],
             json!({"content": ", wörld 👋\n\"quoted\""})
         );
-        assert_eq!(chunks[3]["choices"][0]["delta"], json!({}));
-        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
-        assert_eq!(chunks[4], "[DONE]");
+        assert_eq!(
+            chunks[4]["choices"][0]["delta"],
+            json!({"thinking_blocks": [{
+                "type": "thinking",
+                "thinking": "The user greets me.",
+                "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds",
+            }]})
+        );
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[5], "[DONE]");
         assert!(translator.is_done());
         assert_eq!(translator.finish_reason(), Some("stop"));
     }
@@ -635,7 +719,8 @@ data: {"type":"message_stop"}
                 "created": 1_700_000_000,
                 "model": "claude-opus-4-1-20250805",
                 "choices": [],
-                "usage": {"prompt_tokens": 2620, "completion_tokens": 89, "total_tokens": 2709}
+                "usage": {"prompt_tokens": 2620, "completion_tokens": 89, "total_tokens": 2709,
+                          "prompt_tokens_details": {"cached_tokens": 2048}}
             })
         );
         assert_eq!(
@@ -719,7 +804,7 @@ data: {"type":"message_stop"}
         let mut translator = Translator::new(1, "m", true);
         let out = translator.feed(&TEXT_STREAM.as_bytes()[..cut]);
         assert!(!translator.is_done());
-        assert_eq!(payloads(&out).len(), 3);
+        assert_eq!(payloads(&out).len(), 4);
         let end = translator.finish();
         assert_eq!(
             end,
@@ -749,15 +834,72 @@ data: {"type":"message_stop"}
     }
 
     #[test]
-    fn thinking_blocks_and_their_deltas_produce_nothing() {
-        let start = TEXT_STREAM.find("event: content_block_start").unwrap();
-        let end = TEXT_STREAM
-            .find("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1")
-            .unwrap();
+    fn a_thinking_delta_becomes_a_reasoning_content_delta() {
         let mut translator = Translator::new(1, "m", false);
-        assert!(translator
-            .feed(&TEXT_STREAM.as_bytes()[start..end])
-            .is_empty());
+        let out = translator.feed(concat!(
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me think: 2+2\"}}\n\n",
+        ).as_bytes());
+        let chunks = payloads(&out);
+        assert_eq!(
+            deltas(&chunks),
+            [&json!({"reasoning_content": "Let me think: 2+2"})]
+        );
+    }
+
+    #[test]
+    fn signature_deltas_and_redacted_thinking_starts_produce_no_delta() {
+        let mut translator = Translator::new(1, "m", false);
+        let out = translator.feed(concat!(
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"c2ln\"}}\n\n",
+            "event: content_block_stop\n",
+            "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"redacted_thinking\",\"data\":\"ZW5jcnlwdGVk\"}}\n\n",
+        ).as_bytes());
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+
+    #[test]
+    fn the_finish_chunk_carries_the_whole_thinking_blocks_in_order() {
+        let mut translator = Translator::new(1, "m", false);
+        let out = translator.feed(concat!(
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Weather \"}}\n\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"first.\"}}\n\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"c2ln\"}}\n\n",
+            "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"redacted_thinking\",\"data\":\"ZW5j\"}}\n\n",
+            "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"f\",\"input\":{}}}\n\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
+        ).as_bytes());
+        let chunks = payloads(&out);
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            last["choices"][0]["delta"],
+            json!({"thinking_blocks": [
+                {"type": "thinking", "thinking": "Weather first.", "signature": "c2ln"},
+                {"type": "redacted_thinking", "data": "ZW5j"},
+            ]})
+        );
+        // The tool call keeps index 0: thinking blocks do not count as tool calls.
+        assert_eq!(
+            chunks[2]["choices"][0]["delta"]["tool_calls"][0]["index"],
+            0
+        );
+    }
+
+    #[test]
+    fn include_usage_reports_cache_reads_as_cached_tokens() {
+        let (_, out) = translate(TEXT_STREAM.as_bytes(), true);
+        let chunks = payloads(&out);
+        let usage = &chunks[chunks.len() - 2]["usage"];
+        assert_eq!(usage["prompt_tokens_details"], json!({"cached_tokens": 0}));
     }
 
     #[test]

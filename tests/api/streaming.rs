@@ -836,7 +836,8 @@ fn an_anthropic_stream_with_include_usage_ends_with_a_usage_chunk_before_done() 
     assert_eq!(usage_chunk["choices"], json!([]), "{usage_chunk}");
     assert_eq!(
         usage_chunk["usage"],
-        json!({"prompt_tokens": 126, "completion_tokens": 42, "total_tokens": 168})
+        json!({"prompt_tokens": 126, "completion_tokens": 42, "total_tokens": 168,
+               "prompt_tokens_details": {"cached_tokens": 100}})
     );
     chunks.push(usage_chunk);
     assert_one_answer(&chunks);
