@@ -31,7 +31,8 @@ What it answers (JSON, or the event stream when "stream": true):
   - with tools (and a tool_choice other than none): a tool_use of the first tool (after a signed thinking block when thinking is
     on, and for budget models a redacted_thinking block too); after one tool result another
     tool_use (with a new thinking block); after two, a text "Done: <results>";
-  - otherwise a text "strict-claude: <last user text>".
+  - otherwise a text "strict-claude: <last user text>" (after a signed thinking block when
+    thinking is on).
 Usage: input_tokens 30, output_tokens 25; when the request carries any cache_control marker,
 cache_creation_input_tokens 200 and cache_read_input_tokens 1500 (else 0 and 0).
 """
@@ -279,7 +280,11 @@ def plan(body):
         return [{"type": "text", "text": json.dumps(instance(fmt["schema"]))}], "end_turn"
     tools = body.get("tools") or []
     if not tools or (body.get("tool_choice") or {}).get("type") == "none":
-        return [{"type": "text", "text": "strict-claude: %s" % text_of(messages[-1]["content"])}], "end_turn"
+        blocks = [{"type": "text", "text": "strict-claude: %s" % text_of(messages[-1]["content"])}]
+        if thinking_on:
+            thought = "A plain question; a short answer will do."
+            blocks.insert(0, {"type": "thinking", "thinking": thought, "signature": sign("thinking", thought)})
+        return blocks, "end_turn"
     results = [b for m in messages for b in blocks_of(m["content"]) if b.get("type") == "tool_result"]
     n = len(results)
     blocks = []
