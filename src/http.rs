@@ -72,7 +72,9 @@ impl Req {
     }
 }
 
-/// Splits a raw URL into its path and decoded query pairs.
+/// Splits a raw URL into its path, still percent-encoded (the router splits it into segments
+/// before decoding them, so that an encoded `/` cannot make a route of its own), and its
+/// decoded query pairs.
 pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let pairs = query
@@ -83,11 +85,22 @@ pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    (percent_decode(path), pairs)
+    (path.to_string(), pairs)
 }
 
-/// Decodes `%XX` escapes and `+` (as a space); invalid escapes are kept as they are.
+/// Decodes `%XX` escapes in one path segment; `+` is a plus sign there (it only means a space
+/// in a query string).
+pub fn decode_segment(s: &str) -> String {
+    decode(s, false)
+}
+
+/// Decodes `%XX` escapes and `+` (as a space), as in a query string; invalid escapes are
+/// kept as they are.
 pub fn percent_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -104,7 +117,7 @@ pub fn percent_decode(s: &str) -> String {
                     None => out.push(b'%'),
                 }
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
@@ -251,6 +264,14 @@ mod tests {
                 ("flag".into(), "".into())
             ]
         );
+    }
+
+    #[test]
+    fn the_path_stays_encoded_and_plus_is_a_space_only_in_the_query() {
+        let (path, q) = split_url("/admin/profiles/1%2Fsync-models?x=a+b%2B");
+        assert_eq!(path, "/admin/profiles/1%2Fsync-models");
+        assert_eq!(q, vec![("x".into(), "a b+".into())]);
+        assert_eq!(decode_segment("a+b%20c"), "a+b c");
     }
 
     #[test]

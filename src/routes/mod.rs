@@ -11,7 +11,7 @@ pub mod sync;
 use crate::app::App;
 use crate::auth::{Access, Principal};
 use crate::error::ApiError;
-use crate::http::{Reply, Req};
+use crate::http::{decode_segment, Reply, Req};
 
 /// Every endpoint of the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +52,17 @@ impl Endpoint {
     }
 }
 
-/// Resolves a method and path: 404 for an unknown path, 405 for a known one with the wrong method.
+/// Resolves a method and a raw (still percent-encoded) path: 404 for an unknown path, 405 for
+/// a known one with the wrong method. The path is split into segments first and each is
+/// decoded after, so `/admin/profiles/1%2Fsync-models` is one id segment, not the sync route.
 pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
     let trimmed = if path.len() > 1 {
         path.strip_suffix('/').unwrap_or(path)
     } else {
         path
     };
-    let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+    let decoded: Vec<String> = trimmed.split('/').skip(1).map(decode_segment).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let not_allowed = |allow| Err(ApiError::MethodNotAllowed { allow });
     match (segments.as_slice(), method) {
         (["healthz"], "GET") => Ok(Endpoint::Healthz),
@@ -136,6 +139,25 @@ mod tests {
         assert_eq!(
             resolve("GET", "/admin/profiles/").unwrap(),
             Endpoint::ListProfiles
+        );
+        assert_eq!(resolve("GET", "/heal%74hz").unwrap(), Endpoint::Healthz);
+    }
+
+    #[test]
+    fn an_encoded_slash_stays_inside_its_segment() {
+        assert_eq!(
+            resolve("POST", "/admin/profiles/1%2Fsync-models")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            resolve("PATCH", "/admin/profiles/1%2Fsync-models").unwrap(),
+            Endpoint::UpdateProfile("1/sync-models".into())
+        );
+        assert_eq!(
+            resolve("DELETE", "/admin/profiles/a+b").unwrap(),
+            Endpoint::DeleteProfile("a+b".into())
         );
     }
 
