@@ -21,6 +21,8 @@ pub struct App {
     pub journal: Arc<Journal>,
     pub cipher: Cipher,
     pub upstream: Upstream,
+    /// Open and refused client connections, kept by tiny_http (for `/metrics`).
+    pub connections: Arc<tiny_http::ConnectionCounters>,
 }
 
 impl App {
@@ -35,6 +37,7 @@ impl App {
             journal,
             cipher,
             upstream,
+            connections: Arc::default(),
         }
     }
 

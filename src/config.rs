@@ -24,8 +24,12 @@ pub struct Config {
     pub kms_key_explicit: bool,
     pub require_agent_key_for_proxy: bool,
     pub upstream_timeout: Duration,
-    /// How long a client may take to send its request body once its headers are in.
+    /// How long a client may take to send a request's headers and body, from its first byte.
     pub request_read_timeout: Duration,
+    /// How long a connection may wait for its next request before it is closed.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     pub workers: usize,
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
@@ -55,6 +59,8 @@ impl fmt::Debug for Config {
             )
             .field("upstream_timeout", &self.upstream_timeout)
             .field("request_read_timeout", &self.request_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("workers", &self.workers)
             .field("db_pool_size", &self.db_pool_size)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -129,6 +135,8 @@ impl Config {
         let max_body_bytes = parse_num(&get, "MAX_BODY_BYTES", 8 * 1024 * 1024usize, 1..=1 << 30)?;
         let upstream_timeout_ms = parse_num(&get, "UPSTREAM_TIMEOUT_MS", 30_000u64, 1..=3_600_000)?;
         let read_timeout_ms = parse_num(&get, "REQUEST_READ_TIMEOUT_MS", 5_000u64, 1..=600_000)?;
+        let idle_timeout_ms = parse_num(&get, "IDLE_TIMEOUT_MS", 60_000u64, 1..=3_600_000)?;
+        let max_connections = parse_num(&get, "MAX_CONNECTIONS", 1024usize, 1..=1_000_000)?;
         let grace_ms = parse_num(&get, "SHUTDOWN_GRACE_MS", 30_000u64, 0..=3_600_000)?;
         let audit_journal_max_bytes =
             parse_num(&get, "AUDIT_JOURNAL_MAX_BYTES", 1u64 << 30, 1..=u64::MAX)?;
@@ -157,6 +165,8 @@ impl Config {
             require_agent_key_for_proxy,
             upstream_timeout: Duration::from_millis(upstream_timeout_ms),
             request_read_timeout: Duration::from_millis(read_timeout_ms),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            max_connections,
             workers,
             db_pool_size,
             max_body_bytes,
@@ -341,6 +351,8 @@ mod tests {
             ("WORKERS", "0"),
             ("UPSTREAM_TIMEOUT_MS", "soon"),
             ("MAX_BODY_BYTES", "-1"),
+            ("MAX_CONNECTIONS", "0"),
+            ("IDLE_TIMEOUT_MS", "never"),
         ] {
             let mut vars = KEYS.to_vec();
             vars.push((name, value));

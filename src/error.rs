@@ -19,12 +19,18 @@ pub enum ApiError {
     NotFound(String),
     /// 405: the route exists but not with this method; `allow` lists the methods it takes.
     MethodNotAllowed { allow: &'static str },
-    /// 408: the body did not arrive within the read deadline.
+    /// 408: the headers or body did not arrive within the read deadline.
     RequestTimeout,
     /// 409: the request conflicts with the stored state.
     Conflict(String),
     /// 413: the body is larger than `MAX_BODY_BYTES`.
     PayloadTooLarge { limit: usize },
+    /// 414: the request line is longer than `limit` bytes.
+    RequestLineTooLong { limit: usize },
+    /// 431: the header block is over `bytes` or has more than `fields` fields.
+    HeadersTooLarge { bytes: usize, fields: usize },
+    /// 417 or 505: HTTP the server does not speak (an unknown `Expect`, HTTP/2 over TCP).
+    Unsupported { status: u16, message: &'static str },
     /// 502: the upstream was unreachable or answered something unusable.
     BadGateway(String),
     /// 503: the database cannot be reached; the detail goes to the log only.
@@ -51,6 +57,9 @@ impl ApiError {
             ApiError::RequestTimeout => 408,
             ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::RequestLineTooLong { .. } => 414,
+            ApiError::HeadersTooLarge { .. } => 431,
+            ApiError::Unsupported { status, .. } => *status,
             ApiError::Misconfigured(_) | ApiError::Internal(_) => 500,
             ApiError::BadGateway(_) => 502,
             ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => 503,
@@ -61,7 +70,11 @@ impl ApiError {
     /// The OpenAI-style `type` of the error.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::RequestLineTooLong { .. }
+            | ApiError::HeadersTooLarge { .. }
+            | ApiError::Unsupported { .. } => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::Forbidden => "permission_error",
             ApiError::NotFound(_) => "not_found_error",
@@ -84,6 +97,9 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "body_too_large",
+            ApiError::RequestLineTooLong { .. } => "request_line_too_long",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::Unsupported { .. } => "unsupported_http",
             ApiError::BadGateway(_) => "upstream_unavailable",
             ApiError::GatewayTimeout(_) => "upstream_timeout",
             ApiError::DbUnavailable(_) => "database_unavailable",
@@ -108,7 +124,16 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 format!("method not allowed; this route accepts {allow}")
             }
-            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
+            ApiError::RequestTimeout => {
+                "the request did not arrive in time (REQUEST_READ_TIMEOUT_MS)".into()
+            }
+            ApiError::RequestLineTooLong { limit } => {
+                format!("the request line (method, path and query) is longer than {limit} bytes")
+            }
+            ApiError::HeadersTooLarge { bytes, fields } => {
+                format!("the request headers are larger than {bytes} bytes or {fields} fields")
+            }
+            ApiError::Unsupported { message, .. } => (*message).into(),
             ApiError::PayloadTooLarge { limit } => {
                 format!("request body is larger than {limit} bytes (MAX_BODY_BYTES)")
             }

@@ -197,29 +197,37 @@ impl Reply {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
+
+    /// The connection closes after this reply (`Connection: close`).
+    pub fn closing(self) -> Reply {
+        self.with_header("Connection", "close")
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"))
+    }
 }
 
 /// Reads a request body of at most `limit` bytes.
 ///
-/// `timed_out` tells whether the read deadline cut the connection, which turns a short read
-/// into a 408 rather than a 400.
+/// A read that fails with `TimedOut` (the connection's read deadline passed, see the server's
+/// limits) is a 408 rather than a 400.
 pub fn read_body(
     reader: &mut dyn Read,
     declared: Option<usize>,
     limit: usize,
-    timed_out: &dyn Fn() -> bool,
 ) -> Result<Vec<u8>, ApiError> {
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     let result = reader.take(limit as u64 + 1).read_to_end(&mut body);
-    let complete = result.is_ok() && declared.is_none_or(|len| body.len() == len);
-    // A body that arrived whole counts, even if the deadline passed just as it did.
-    if !complete && timed_out() {
-        return Err(ApiError::RequestTimeout);
-    }
     if let Err(e) = result {
+        if e.kind() == io::ErrorKind::TimedOut {
+            return Err(ApiError::RequestTimeout);
+        }
         return Err(ApiError::bad_request(format!(
             "the request body could not be read: {e}"
         )));
@@ -284,27 +292,37 @@ mod tests {
     #[test]
     fn a_body_over_the_limit_is_413() {
         let mut data: &[u8] = &[b'x'; 11];
-        let e = read_body(&mut data, None, 10, &|| false).unwrap_err();
+        let e = read_body(&mut data, None, 10).unwrap_err();
         assert_eq!(e.status(), 413);
         let mut data: &[u8] = b"{}";
-        let e = read_body(&mut data, Some(11), 10, &|| false).unwrap_err();
+        let e = read_body(&mut data, Some(11), 10).unwrap_err();
         assert_eq!(e.status(), 413);
     }
 
+    /// A reader that gives `data`, then fails with `kind`.
+    struct ThenFail(&'static [u8], io::ErrorKind);
+
+    impl Read for ThenFail {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::new(self.1, "stop"));
+            }
+            let n = self.0.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     #[test]
-    fn a_short_body_is_408_when_the_deadline_cut_it() {
+    fn a_body_cut_by_the_read_deadline_is_408_and_a_short_one_400() {
+        let mut late = ThenFail(b"{", io::ErrorKind::TimedOut);
+        assert_eq!(read_body(&mut late, Some(5), 10).unwrap_err().status(), 408);
         let mut data: &[u8] = b"{";
+        assert_eq!(read_body(&mut data, Some(5), 10).unwrap_err().status(), 400);
+        let mut broken = ThenFail(b"{", io::ErrorKind::ConnectionReset);
         assert_eq!(
-            read_body(&mut data, Some(5), 10, &|| true)
-                .unwrap_err()
-                .status(),
-            408
-        );
-        let mut data: &[u8] = b"{";
-        assert_eq!(
-            read_body(&mut data, Some(5), 10, &|| false)
-                .unwrap_err()
-                .status(),
+            read_body(&mut broken, Some(5), 10).unwrap_err().status(),
             400
         );
     }

@@ -18,7 +18,6 @@ pub mod http;
 pub mod input;
 pub mod journal;
 pub mod migrate;
-pub mod reaper;
 pub mod routes;
 pub mod server;
 pub mod signals;

@@ -17,7 +17,6 @@ use crate::app::App;
 use crate::auth;
 use crate::error::ApiError;
 use crate::http::{read_body, split_url, Body, Reply, Req};
-use crate::reaper::{Reaper, Watch};
 use crate::routes::{self, Endpoint};
 
 /// A started server; dropping it does not stop it, `shutdown` does.
@@ -26,7 +25,6 @@ pub struct Running {
     workers: Vec<JoinHandle<()>>,
     /// Each worker sends once when it ends.
     ended: mpsc::Receiver<()>,
-    reaper: Reaper,
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
     /// The listening socket, owned by tiny_http; kept to shut it down.
@@ -54,31 +52,83 @@ pub fn bind(addr: &str) -> io::Result<TcpListener> {
 /// How long writing to a client may block before the client is given up.
 pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest request line (SPEC: 414 beyond it).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Largest header block and most header fields (SPEC: 431 beyond them).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// What tiny_http enforces on every connection before a request reaches a worker.
+fn limits(app: &App) -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_request_line: MAX_REQUEST_LINE,
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_header_fields: MAX_HEADER_FIELDS,
+        request_timeout: Some(app.config.request_read_timeout),
+        idle_timeout: Some(app.config.idle_timeout),
+        max_connections: Some(app.config.max_connections),
+        counters: app.connections.clone(),
+        error_response: Some(Arc::new(refusal)),
+    }
+}
+
+/// The answer to a request tiny_http refuses before it reaches us, in our error shape.
+fn refusal(status: tiny_http::StatusCode) -> Response<io::Cursor<Vec<u8>>> {
+    let e = match status.0 {
+        408 => ApiError::RequestTimeout,
+        414 => ApiError::RequestLineTooLong {
+            limit: MAX_REQUEST_LINE,
+        },
+        431 => ApiError::HeadersTooLarge {
+            bytes: MAX_HEADER_BYTES,
+            fields: MAX_HEADER_FIELDS,
+        },
+        417 => ApiError::Unsupported {
+            status: 417,
+            message: "the Expect header is not supported (only 100-continue is)",
+        },
+        505 => ApiError::Unsupported {
+            status: 505,
+            message: "only HTTP/1.0 and HTTP/1.1 are supported",
+        },
+        _ => ApiError::bad_request("the request is not valid HTTP/1.1"),
+    };
+    let reply = Reply::error(&e);
+    let data = match reply.body {
+        Body::Bytes { data, .. } => data,
+        _ => Vec::new(),
+    };
+    let mut response = Response::from_data(data).with_status_code(e.status());
+    for (n, v) in [
+        ("Content-Type", "application/json"),
+        ("x-switcher-error", e.code()),
+    ] {
+        response.add_header(header(n, v).expect("valid header"));
+    }
+    response
+}
+
 pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
     let addr = listener.local_addr()?;
     let listener_fd = listener.as_raw_fd();
     let http = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
+        tiny_http::Server::from_listener_with_limits(listener, None, limits(&app))
             .map_err(|e| io::Error::other(e.to_string()))?,
     );
-    let tick = (app.config.request_read_timeout / 4)
-        .clamp(Duration::from_millis(5), Duration::from_millis(250));
-    let reaper = Reaper::start(addr.port(), tick);
     let stopping = Arc::new(AtomicBool::new(false));
     let (ended_tx, ended) = mpsc::channel();
     let workers = (0..app.config.workers)
         .map(|i| {
-            let (app, http, reaper, stopping, ended_tx) = (
+            let (app, http, stopping, ended_tx) = (
                 app.clone(),
                 http.clone(),
-                reaper.clone(),
                 stopping.clone(),
                 ended_tx.clone(),
             );
             thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
-                    worker(&app, &http, &reaper, &stopping);
+                    worker(&app, &http, &stopping);
                     let _ = ended_tx.send(());
                 })
         })
@@ -87,7 +137,6 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
         http,
         workers,
         ended,
-        reaper,
         stopping,
         addr,
         listener_fd,
@@ -124,7 +173,6 @@ impl Running {
                 Err(_) => break,
             }
         }
-        self.reaper.stop();
         if remaining > 0 {
             crate::warn!("{remaining} request(s) still running after the shutdown grace period");
         }
@@ -139,10 +187,10 @@ impl Running {
     }
 }
 
-fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &AtomicBool) {
+fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool) {
     loop {
         match http.recv() {
-            Ok(rq) => serve(app, reaper, rq),
+            Ok(rq) => serve(app, rq),
             // The queue is first in, first out: requests received before the shutdown's
             // `unblock` are still served by the workers that take them.
             Err(_) if stopping.load(Ordering::SeqCst) => return,
@@ -156,21 +204,16 @@ fn worker(app: &App, http: &tiny_http::Server, reaper: &Reaper, stopping: &Atomi
     }
 }
 
-fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
+fn serve(app: &App, mut rq: Request) {
     let started = Instant::now();
     let received_at = std::time::SystemTime::now();
     let method = rq.method().as_str().to_ascii_uppercase();
     let (path, query) = split_url(rq.url());
-    let peer = rq.remote_addr().copied();
-    // Bounds reading the body, and, when the request is refused before its body was read,
-    // the drain of that body that follows the answer.
-    let mut watch = Some(reaper.watch(peer, app.config.request_read_timeout));
-
-    let timed_out = || watch.as_ref().is_some_and(Watch::fired);
+    // The body is read under tiny_http's read deadline (REQUEST_READ_TIMEOUT_MS from the
+    // request's first byte), which also bounds the drain of a body refused unread.
     let arrival = (received_at, started);
-    let reply = match prepare(app, &mut rq, &method, &path, query, arrival, &timed_out) {
+    let reply = match prepare(app, &mut rq, &method, &path, query, arrival) {
         Ok((endpoint, who, req)) => {
-            watch = None;
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
                 routes::dispatch(app, &endpoint, who, &req)
             }));
@@ -185,11 +228,17 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
             }
         }
         Err(e) => {
-            if matches!(e, ApiError::PayloadTooLarge { .. }) {
-                // Reading on would only fetch bytes we refuse; cut it off instead.
-                reaper.cut(peer);
+            if matches!(
+                e,
+                ApiError::PayloadTooLarge { .. } | ApiError::RequestTimeout
+            ) {
+                // Reading on would only fetch bytes we refuse (or that are late): the
+                // connection closes after the answer instead.
+                rq.close_connection();
+                error_reply(&method, &path, &e).closing()
+            } else {
+                error_reply(&method, &path, &e)
             }
-            error_reply(&method, &path, &e)
         }
     };
     let status = reply.status;
@@ -201,7 +250,6 @@ fn serve(app: &App, reaper: &Reaper, mut rq: Request) {
             path.escape_debug()
         );
     }
-    drop(watch);
     // The path is escaped: a decoded `%0a` must not forge a log line.
     crate::info!(
         "{method} {} {status} {:.1}ms",
@@ -234,7 +282,6 @@ fn prepare(
     path: &str,
     query: Vec<(String, String)>,
     (received_at, started): (std::time::SystemTime, Instant),
-    timed_out: &dyn Fn() -> bool,
 ) -> Result<(Endpoint, auth::Principal, Req), ApiError> {
     let endpoint = routes::resolve(method, path)?;
     let headers: Vec<(String, String)> = rq
@@ -256,12 +303,7 @@ fn prepare(
     // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
     // deadline is gone, and a client that stalls its body would hold the worker forever.
     let declared = rq.body_length();
-    let body = read_body(
-        rq.as_reader(),
-        declared,
-        app.config.max_body_bytes,
-        timed_out,
-    )?;
+    let body = read_body(rq.as_reader(), declared, app.config.max_body_bytes)?;
     Ok((
         endpoint,
         who,
@@ -301,6 +343,7 @@ fn header_value(value: &str) -> std::borrow::Cow<'_, str> {
 
 /// Writes the reply; a client that went away is not an error worth more than a debug line.
 fn send(rq: Request, reply: Reply) {
+    let closing = reply.is_closing();
     let Reply {
         status,
         headers,
@@ -315,6 +358,9 @@ fn send(rq: Request, reply: Reply) {
                     response.add_header(h);
                 }
             }
+            if closing {
+                response = response.with_connection_close();
+            }
             rq.respond(response)
         }
         Body::Bytes { data, content_type } => {
@@ -324,6 +370,9 @@ fn send(rq: Request, reply: Reply) {
                 if let Some(h) = header(n, v) {
                     response.add_header(h);
                 }
+            }
+            if closing {
+                response = response.with_connection_close();
             }
             rq.respond(response)
         }

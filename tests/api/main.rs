@@ -2,6 +2,7 @@
 
 mod support;
 
+mod connections;
 mod control_plane;
 mod data_plane;
 mod lifecycle;

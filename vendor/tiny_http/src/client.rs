@@ -6,8 +6,11 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
+use crate::limits::{Limits, ReadControl};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,6 +37,10 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // switcher-api addition: size limits and read deadlines
+    limits: Arc<Limits>,
+    control: Arc<ReadControl>,
 }
 
 /// Error that can happen when reading a request.
@@ -41,6 +48,12 @@ pub struct ClientConnection {
 enum ReadError {
     WrongRequestLine,
     WrongHeader(HTTPVersion),
+    /// the request line is longer than `Limits::max_request_line`
+    RequestLineTooLong,
+    /// the header block is over `Limits::max_header_bytes` or `max_header_fields`
+    HeadersTooLarge(HTTPVersion),
+    /// no request started within `Limits::idle_timeout`, or the client closed
+    Idle,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -48,12 +61,19 @@ enum ReadError {
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
+    pub fn new(write_socket: RefinedTcpStream, read_socket: RefinedTcpStream) -> ClientConnection {
+        Self::with_limits(write_socket, read_socket, Arc::new(Limits::default()))
+    }
+
+    /// A connection bounded by `limits` (switcher-api addition).
+    pub fn with_limits(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Arc<Limits>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let control = read_socket.control().clone();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +85,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            control,
         }
     }
 
@@ -77,9 +99,11 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
+    ///
+    /// switcher-api: at most `limit` bytes before the CRLF are read (`Ok(None)` past it), so
+    /// an endless line costs no memory; `buf` may hold bytes already read of the line.
+    fn read_next_line(&mut self, mut buf: Vec<u8>, limit: usize) -> IoResult<Option<Vec<u8>>> {
+        let mut prev_byte_was_cr = buf.last() == Some(&b'\r');
 
         loop {
             let byte = self.next_header_source.by_ref().bytes().next();
@@ -91,14 +115,68 @@ impl ClientConnection {
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return Ok(Some(buf));
             }
 
             prev_byte_was_cr = byte == b'\r';
 
+            // The line so far, without a CR that may be the start of its CRLF.
+            if buf.len() + usize::from(!prev_byte_was_cr) > limit {
+                return Ok(None);
+            }
             buf.push(byte);
         }
+    }
+
+    /// Waits (at most `Limits::idle_timeout`) for the first byte of the next request, then
+    /// starts that request's read deadline.
+    fn read_first_byte(&mut self) -> Result<u8, ReadError> {
+        // Only once the previous request's body is done with the socket: its deadline holds
+        // until then.
+        self.next_header_source.wait_turn();
+        self.control.idle(self.limits.idle_timeout);
+        loop {
+            let mut byte = [0u8];
+            match self.next_header_source.read(&mut byte) {
+                Ok(0) => return Err(ReadError::Idle),
+                // Empty lines before a request line are ignored (RFC 9112, section 2.2).
+                Ok(_) if byte[0] == b'\r' || byte[0] == b'\n' => continue,
+                Ok(_) => {
+                    self.control.request_started(self.limits.request_timeout);
+                    return Ok(byte[0]);
+                }
+                Err(e) if e.kind() == ErrorKind::TimedOut => return Err(ReadError::Idle),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReadError::ReadIoError(e)),
+            }
+        }
+    }
+
+    /// After refusing a request: the client may still be sending it, and closing a socket
+    /// with unread data resets the connection, which can destroy the answer before the client
+    /// reads it. So a bounded amount is read and thrown away first.
+    fn linger(&mut self) {
+        self.control
+            .request_started(Some(Duration::from_millis(500)));
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut left = 256 * 1024usize;
+        let mut buf = [0u8; 8192];
+        while left > 0 && Instant::now() < deadline {
+            match self.next_header_source.read(&mut buf[..left.min(8192)]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n,
+            }
+        }
+        self.control.close();
+    }
+
+    /// Writes the answer to a request refused before it reached the server's code, then
+    /// lingers and closes.
+    fn refuse(&mut self, status: u16, version: HTTPVersion) {
+        let writer = self.sink.next().unwrap();
+        let response = self.limits.error(status).with_connection_close();
+        response.raw_print(writer, version, &[], false, None).ok();
+        self.linger();
     }
 
     /// Reads a request from the stream.
@@ -107,7 +185,14 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let first = self.read_first_byte()?;
+                let limit = self.limits.max_request_line;
+                let line = self
+                    .read_next_line(vec![first], limit)
+                    .map_err(ReadError::ReadIoError)?
+                    .ok_or(ReadError::RequestLineTooLong)?;
+                let line =
+                    AsciiString::from_ascii(line).map_err(|_| ReadError::WrongRequestLine)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,12 +202,23 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                let mut budget = self.limits.max_header_bytes;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let too_large = || ReadError::HeadersTooLarge(version.clone());
+                    let line = self
+                        .read_next_line(Vec::new(), budget.saturating_sub(2))
+                        .map_err(ReadError::ReadIoError)?
+                        .ok_or_else(too_large)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    budget = budget.saturating_sub(line.len() + 2);
+                    if headers.len() >= self.limits.max_header_fields {
+                        return Err(too_large());
+                    }
+                    let line = AsciiString::from_ascii(line)
+                        .map_err(|_| ReadError::WrongHeader(version.clone()))?;
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -165,7 +261,7 @@ impl ClientConnection {
         })?;
 
         // return the request
-        Ok(request)
+        Ok(request.with_control(self.control.clone()))
     }
 }
 
@@ -184,57 +280,51 @@ impl Iterator for ClientConnection {
         }
 
         loop {
+            // switcher-api: every refusal goes through `refuse`, which answers with
+            // `Limits::error_response`, then lingers briefly and closes.
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.refuse(400, HTTPVersion(1, 1));
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    self.refuse(400, ver);
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
+                Err(ReadError::RequestLineTooLong) => {
+                    self.refuse(414, HTTPVersion(1, 1));
+                    return None;
+                }
+
+                Err(ReadError::HeadersTooLarge(ver)) => {
+                    self.refuse(431, ver);
+                    return None;
+                }
+
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.refuse(408, HTTPVersion(1, 1));
                     return None; // closing the connection
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    self.refuse(417, ver);
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
-                Err(ReadError::ReadIoError(_)) => return None,
+                Err(ReadError::Idle) | Err(ReadError::ReadIoError(_)) => return None,
 
                 Ok(rq) => rq,
             };
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
+                // The request was already built and holds its writer: answer through it.
+                let _ = rq.respond(self.limits.error(505));
                 continue;
             }
 

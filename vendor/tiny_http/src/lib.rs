@@ -113,6 +113,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::{ConnectionCounters, ErrorResponder, Limits};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -120,6 +121,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -141,6 +143,9 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // open and refused connections (switcher-api addition)
+    counters: Arc<limits::ConnectionCounters>,
 }
 
 enum Message {
@@ -244,7 +249,19 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// Like `from_listener`, with bounds on what each connection may cost (switcher-api
+    /// addition): request line and header sizes, read deadlines, open connections.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
+        let counters = limits.counters.clone();
+        let limits = Arc::new(limits);
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -295,8 +312,20 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        let counters = &limits.counters;
+                        if limits
+                            .max_connections
+                            .is_some_and(|max| counters.open() >= max)
+                        {
+                            // Closed before any thread or buffer is spent on it.
+                            counters.count_refused();
+                            drop(sock);
+                            continue;
+                        }
+                        let open = Some(limits::OpenConnection::new(counters.clone()));
+                        let control = limits::ReadControl::new();
                         let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                            None => RefinedTcpStream::with_control(sock, control, open),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -306,13 +335,17 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::with_control(sock, control, open)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::with_limits(
+                            write_closable,
+                            read_closable,
+                            limits.clone(),
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -354,7 +387,14 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            counters,
         })
+    }
+
+    /// Open and refused connections (switcher-api addition); the same counters as
+    /// `Limits::counters`.
+    pub fn connection_counters(&self) -> Arc<ConnectionCounters> {
+        self.counters.clone()
     }
 
     /// Returns an iterator for all the incoming requests.

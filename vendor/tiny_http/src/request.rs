@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // switcher-api addition: the connection's read control, for `close_connection`
+    control: Option<std::sync::Arc<crate::limits::ReadControl>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +241,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        control: None,
     })
 }
 
@@ -467,6 +471,24 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
+    }
+
+    pub(crate) fn with_control(
+        mut self,
+        control: std::sync::Arc<crate::limits::ReadControl>,
+    ) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Reads nothing more from this connection (switcher-api addition): the unread rest of
+    /// this request's body is not drained, no further request is read, and the connection
+    /// closes once the answer is written. For a server that refuses a body it will not read
+    /// (413), where draining it would only cost time and bandwidth.
+    pub fn close_connection(&mut self) {
+        if let Some(control) = &self.control {
+            control.close();
+        }
     }
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {

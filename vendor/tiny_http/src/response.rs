@@ -285,6 +285,14 @@ where
         self.headers.push(header);
     }
 
+    /// Adds `Connection: close`, which `add_header` refuses (switcher-api addition): for an
+    /// answer after which the server closes the connection (see `Request::close_connection`).
+    pub fn with_connection_close(mut self) -> Response<R> {
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        self
+    }
+
     /// Returns the same request, but with an additional header.
     ///
     /// Some headers cannot be modified and some other have a

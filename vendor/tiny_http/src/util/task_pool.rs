@@ -105,9 +105,11 @@ impl TaskPool {
                                 todo = sharing.condvar.wait(todo).unwrap();
                                 true
                             } else {
+                                // switcher-api: 1 s instead of 5 s, so that the threads of a
+                                // burst of connections end soon after the connections.
                                 let (new_lock, waitres) = sharing
                                     .condvar
-                                    .wait_timeout(todo, Duration::from_millis(5000))
+                                    .wait_timeout(todo, Duration::from_millis(1000))
                                     .unwrap();
                                 todo = new_lock;
                                 !waitres.timed_out()
