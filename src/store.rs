@@ -409,6 +409,21 @@ pub fn set_agent_state(
     Ok(row.get(0))
 }
 
+/// Up to `limit` agents (by id) whose state points at the model, and how many there are.
+pub fn agents_on_model(
+    c: &mut impl GenericClient,
+    model_id: i64,
+    limit: i64,
+) -> Result<(Vec<String>, i64), ApiError> {
+    let rows = c.query(
+        "SELECT agent_id, count(*) OVER () FROM agent_state WHERE model_id = $1
+         ORDER BY agent_id LIMIT $2",
+        &[&model_id, &limit],
+    )?;
+    let total = rows.first().map_or(0, |r| r.get(1));
+    Ok((rows.iter().map(|r| r.get(0)).collect(), total))
+}
+
 /// Takes the per-agent lock that serializes switches of one agent until the transaction ends.
 pub fn lock_agent(c: &mut impl GenericClient, agent_id: &str) -> Result<(), ApiError> {
     c.execute(

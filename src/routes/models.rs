@@ -37,6 +37,24 @@ pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
     // or waits for this model.
     let profile = store::find_profile_by_name(&mut tx, profile_name, Lock::Share)?
         .ok_or_else(|| profile_not_found(profile_name))?;
+    if changes.enabled == Some(false) {
+        // The row lock waits for switches to this model in progress (they hold it shared)
+        // and makes those that start later wait and then see it disabled.
+        if let Some(model) = store::find_model(&mut tx, profile.id, model_name, Lock::Update)? {
+            let (agents, total) = store::agents_on_model(&mut tx, model.id, 10)?;
+            if total > 0 {
+                let more = match total - agents.len() as i64 {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                return Err(ApiError::Conflict(format!(
+                    "model '{model_name}' of profile '{profile_name}' is the active model \
+                     of agent(s) {}{more}; switch them to a different model first",
+                    agents.join(", ")
+                )));
+            }
+        }
+    }
     let (model, created) = store::upsert_model(&mut tx, profile.id, model_name, &changes)?;
     tx.commit()?;
     app.apply_changes(&mut conn);

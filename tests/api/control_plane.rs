@@ -696,6 +696,92 @@ fn a_switch_racing_a_model_disable_that_commits_first_is_409() {
     assert_eq!(count(&app, "SELECT count(*) FROM agent_state"), 0);
 }
 
+fn model_enabled(app: &TestApp, model: &str) -> bool {
+    app.db
+        .client()
+        .query_one(
+            "SELECT enabled FROM models WHERE model_name = $1",
+            &[&model],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn disabling_a_model_agents_use_is_409_naming_them_and_changes_nothing() {
+    let app = TestApp::spawn();
+    app.create_profile("p", "openai", "https://a.example/v1", "sk-1");
+    app.add_model("p", "gpt-a", json!({}));
+    app.add_model("p", "gpt-b", json!({}));
+    for i in 0..12 {
+        app.switch(&format!("agent-{i:02}"), "p", "gpt-a");
+    }
+    app.switch("bystander", "p", "gpt-b");
+
+    let body = json!({"profile_name": "p", "model_name": "gpt-a", "enabled": false, "tags": ["x"]});
+    let r = app.admin("POST", "/admin/models").json(&body);
+    let message = assert_error(&r, 409);
+    for i in 0..10 {
+        assert!(message.contains(&format!("agent-{i:02}")), "{message}");
+    }
+    assert!(
+        !message.contains("agent-10") && message.contains("2 more"),
+        "{message}"
+    );
+    assert!(!message.contains("bystander"), "{message}");
+    assert!(model_enabled(&app, "gpt-a"));
+    let tags: Vec<String> = app
+        .db
+        .client()
+        .query_one("SELECT tags FROM models WHERE model_name = 'gpt-a'", &[])
+        .unwrap()
+        .get(0);
+    assert!(tags.is_empty(), "the refused upsert changed tags: {tags:?}");
+
+    // Once they are switched elsewhere it can be disabled; other fields still change freely.
+    for i in 0..12 {
+        app.switch(&format!("agent-{i:02}"), "p", "gpt-b");
+    }
+    let r = app.admin("POST", "/admin/models").json(&body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!model_enabled(&app, "gpt-a"));
+    let r = app
+        .admin("POST", "/admin/models")
+        .json(&json!({"profile_name": "p", "model_name": "gpt-b", "tags": ["kept"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_model_disable_racing_a_switch_that_commits_first_is_409() {
+    let app = TestApp::spawn();
+    let p = app.create_profile("p", "openai", "https://a.example/v1", "sk-1");
+    let m = app.add_model("p", "gpt-a", json!({}));
+    let (id, model_id) = (p["id"].as_i64().unwrap(), m["id"].as_i64().unwrap());
+    let mut session = app.db.client();
+    let mut switch = session.transaction().unwrap();
+    // What POST /api/switch does, held open.
+    switch
+        .query_one(
+            "SELECT id FROM models WHERE id = $1 FOR SHARE",
+            &[&model_id],
+        )
+        .unwrap();
+    switch
+        .execute(
+            "INSERT INTO agent_state (agent_id, profile_id, model_id) VALUES ('racer', $1, $2)",
+            &[&id, &model_id],
+        )
+        .unwrap();
+
+    let r = send_during(&app, switch, || {
+        app.admin("POST", "/admin/models")
+            .json(&json!({"profile_name": "p", "model_name": "gpt-a", "enabled": false}))
+    });
+    let message = assert_error(&r, 409);
+    assert!(message.contains("racer"), "{message}");
+    assert!(model_enabled(&app, "gpt-a"));
+}
+
 #[test]
 fn deleting_a_profile_removes_it_and_its_models() {
     let app = TestApp::spawn();
