@@ -14,6 +14,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@localhost:5
 #[derive(Clone)]
 pub struct Config {
     pub database_url: String,
+    /// `DATABASE_URL` parsed, with its TLS settings: what `db::connect` and `db::pool` take.
+    pub database: crate::db::Database,
     pub host: String,
     pub port: u16,
     pub admin_key: String,
@@ -154,8 +156,15 @@ impl Config {
                 .ok_or_else(|| err("LOG_LEVEL", "must be one of error, warn, info, debug"))?,
         };
 
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        let database = crate::db::parse_url(&database_url).map_err(|problem| {
+            let problem = problem.strip_prefix("DATABASE_URL ").unwrap_or(&problem);
+            err("DATABASE_URL", problem)
+        })?;
+
         Ok(Config {
-            database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            database_url,
+            database,
             host,
             port,
             admin_key,
@@ -358,6 +367,16 @@ mod tests {
             vars.push((name, value));
             assert_eq!(config(&vars).unwrap_err().variable, name);
         }
+    }
+
+    #[test]
+    fn a_malformed_database_url_names_the_variable_and_not_the_password() {
+        let mut vars = KEYS.to_vec();
+        vars.push(("DATABASE_URL", "postgres://u:pw-secret-9@h/d?sslmode=maybe"));
+        let e = config(&vars).unwrap_err();
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(!e.to_string().contains("pw-secret-9"), "{e}");
+        assert!(e.to_string().starts_with("DATABASE_URL has sslmode"), "{e}");
     }
 
     #[test]

@@ -277,7 +277,7 @@ impl Journal {
     /// Starts the thread that ships rows to the database through a connection of its own.
     pub fn spawn_writer(
         self: &Arc<Self>,
-        pg: postgres::Config,
+        pg: crate::db::Database,
         health: Arc<DbHealth>,
     ) -> io::Result<thread::JoinHandle<()>> {
         let journal = self.clone();
@@ -387,7 +387,7 @@ fn new_instance_id() -> String {
 /// their rows, idempotently.
 struct Writer {
     journal: Arc<Journal>,
-    pg: postgres::Config,
+    pg: crate::db::Database,
     health: Arc<DbHealth>,
     client: Option<postgres::Client>,
     /// How far each segment has been confirmed, in bytes.
@@ -398,7 +398,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(journal: Arc<Journal>, pg: postgres::Config, health: Arc<DbHealth>) -> Writer {
+    fn new(journal: Arc<Journal>, pg: crate::db::Database, health: Arc<DbHealth>) -> Writer {
         Writer {
             journal,
             pg,

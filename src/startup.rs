@@ -27,14 +27,23 @@ enum Contact {
 
 /// Connects once and applies pending migrations.
 fn connect_and_migrate(
-    pg: &postgres::Config,
+    pg: &db::Database,
 ) -> Result<(postgres::Client, Vec<&'static str>), Contact> {
-    let mut client = db::connect(pg).map_err(|e| match e.as_db_error() {
-        Some(_) => Contact::Refused(format!(
-            "cannot connect to the database (DATABASE_URL): {}",
-            describe(&e)
-        )),
-        None => Contact::Unreachable(describe(&e)),
+    let mut client = db::connect(pg).map_err(|e| {
+        // A certificate refused (or no TLS where it is required) will not mend by itself.
+        if let Some(reason) = db::tls_refusal(&e) {
+            return Contact::Refused(format!(
+                "cannot connect to the database over TLS (DATABASE_URL, sslmode={}): {reason}",
+                pg.tls_mode.as_str()
+            ));
+        }
+        match e.as_db_error() {
+            Some(_) => Contact::Refused(format!(
+                "cannot connect to the database (DATABASE_URL): {}",
+                describe(&e)
+            )),
+            None => Contact::Unreachable(describe(&e)),
+        }
     })?;
     match migrate::run(&mut client) {
         Ok(applied) => Ok((client, applied)),

@@ -305,7 +305,7 @@ pub type OnConnect = Box<dyn Fn(&mut postgres::Client) -> Result<(), String> + S
 
 /// What the listener needs to run.
 pub struct Listener {
-    pub pg: postgres::Config,
+    pub pg: crate::db::Database,
     pub state: Arc<State>,
     pub health: Arc<DbHealth>,
     pub resync: Duration,

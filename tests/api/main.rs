@@ -9,4 +9,5 @@ mod lifecycle;
 mod messages;
 mod proxy;
 mod streaming;
+mod tls;
 mod wizard;
