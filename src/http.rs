@@ -177,12 +177,20 @@ impl Reply {
         Reply::json(201, value)
     }
 
+    /// One of the service's own errors, in OpenAI's shape.
     pub fn error(e: &ApiError) -> Reply {
-        let mut reply = Reply::json(e.status(), &e.body());
+        Reply::json(e.status(), &e.body()).with_error_headers(e)
+    }
+
+    /// The headers every error the service produces itself carries: `x-switcher-error`
+    /// (so a client can tell it from an upstream's error relayed as it came) and, for a
+    /// 405, `Allow`.
+    pub fn with_error_headers(mut self, e: &ApiError) -> Reply {
+        self = self.with_header("x-switcher-error", e.code());
         if let ApiError::MethodNotAllowed { allow } = e {
-            reply = reply.with_header("Allow", allow);
+            self = self.with_header("Allow", allow);
         }
-        reply
+        self
     }
 
     pub fn stream(status: u16, write: StreamFn) -> Reply {

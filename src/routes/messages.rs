@@ -31,14 +31,11 @@ pub fn is_messages_path(path: &str) -> bool {
 /// An error in Anthropic's shape: `{"type":"error","error":{"type","message"}}`.
 pub fn error_reply(e: &ApiError) -> Reply {
     let status = e.status();
-    let mut reply = Reply::json(
+    Reply::json(
         status,
         &inbound::error_body(inbound::own_error_type(status), &e.message()),
-    );
-    if let ApiError::MethodNotAllowed { allow } = e {
-        reply = reply.with_header("Allow", allow);
-    }
-    reply
+    )
+    .with_error_headers(e)
 }
 
 /// The key: `x-api-key` (what the Anthropic SDKs send), else `Authorization: Bearer`

@@ -37,6 +37,11 @@ fn assert_error(r: &Reply, status: u16) -> String {
             "`error.{field}` is a non-empty string: {body}"
         );
     }
+    assert_eq!(
+        r.header("x-switcher-error"),
+        error["code"].as_str(),
+        "the service's own error names its code in x-switcher-error"
+    );
     error["message"].as_str().unwrap().to_string()
 }
 

@@ -369,6 +369,10 @@ fn errors_of_the_route_take_anthropics_shape() {
         assert_eq!(body["error"]["type"], kind, "{body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(words), "{message}");
+        assert!(
+            r.header("x-switcher-error").is_some_and(|c| !c.is_empty()),
+            "the service's own error carries x-switcher-error"
+        );
     };
     let hi = br#"{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
     check(

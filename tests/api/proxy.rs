@@ -767,8 +767,14 @@ fn an_upstream_error_status_and_body_come_back_as_they_are() {
     assert_eq!(r.json(), error);
     assert_eq!(r.header("x-switcher-profile"), Some("acct"));
     assert_eq!(r.header("x-switcher-model"), Some("gpt-1"));
+    // The upstream's error, not ours: no x-switcher-error.
+    assert_eq!(r.header("x-switcher-error"), None);
     let row = next_audit_row(&app, 0);
     assert_eq!(row["status"], 429, "{row}");
+    // The service's own errors say so.
+    let own = chat(&app, "nobody-switched-me", &hello("hi"));
+    assert_eq!(own.status, 400, "{}", own.text());
+    assert_eq!(own.header("x-switcher-error"), Some("invalid_request"));
 }
 
 #[test]
