@@ -15,6 +15,23 @@ use serde_json::json;
 
 use crate::error::ApiError;
 
+/// The contract's words for an agent with no state; messages go on to say what to do.
+pub const NO_ACTIVE_MODEL: &str = "No active model set for agent_id";
+
+/// The error for an agent that has no state: the contract's text, then the agent, where
+/// its id came from and how to give it a model.
+pub fn no_active_model(agent_id: &str) -> String {
+    let whence = if agent_id == "default" {
+        " (the agent of requests that send no x-agent-id header)"
+    } else {
+        ""
+    };
+    format!(
+        "{NO_ACTIVE_MODEL} '{agent_id}'{whence}; choose its profile and model with \
+         POST /api/switch {{\"agent_id\":\"{agent_id}\",\"profile_name\":...,\"model_name\":...}}"
+    )
+}
+
 /// The channel the triggers of `sql/0002_data_plane.sql` notify.
 pub const CHANNEL: &str = "switcher_state";
 
@@ -391,6 +408,17 @@ mod tests {
             assert_eq!(ProviderType::parse(t.as_str()), Some(t));
         }
         assert_eq!(ProviderType::parse("Anthropic"), None);
+    }
+
+    #[test]
+    fn the_no_active_model_message_starts_with_the_contract_and_names_the_fix() {
+        let m = no_active_model("bot-1");
+        assert!(m.starts_with(NO_ACTIVE_MODEL), "{m}");
+        assert!(
+            m.contains("'bot-1'") && m.contains("POST /api/switch"),
+            "{m}"
+        );
+        assert!(no_active_model("default").contains("x-agent-id"));
     }
 
     #[test]

@@ -8,9 +8,8 @@ use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_agent_id, check_model_name, Fields};
 use crate::routes::models::profile_not_found;
+use crate::state::no_active_model;
 use crate::store::{self, Lock, ModelChanges};
-
-pub const NO_ACTIVE_MODEL: &str = "No active model set for agent_id";
 
 pub fn switch(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let body = req.json_object()?;
@@ -84,6 +83,6 @@ pub fn active(app: &App, req: &Req) -> Result<Reply, ApiError> {
         .ok_or_else(|| ApiError::bad_request("query parameter `agent_id` is required"))?;
     check_agent_id(agent_id)?;
     let state = store::active_state(&mut *app.conn()?, agent_id)?
-        .ok_or_else(|| ApiError::not_found(NO_ACTIVE_MODEL))?;
+        .ok_or_else(|| ApiError::not_found(no_active_model(agent_id)))?;
     Ok(Reply::ok(&state.to_json()))
 }

@@ -20,9 +20,8 @@ use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::check_agent_id;
 use crate::journal::Journal;
-use crate::routes::agents::NO_ACTIVE_MODEL;
 use crate::sse;
-use crate::state::{ProviderType, Route, Snapshot};
+use crate::state::{no_active_model, ProviderType, Route, Snapshot};
 use crate::upstream::{Answer, Streaming};
 use crate::usage::Usage;
 
@@ -118,7 +117,7 @@ pub(super) fn resolve(app: &App, record: &mut RequestRecord) -> Result<(Route, S
     let route = loaded(app)?
         .route(&record.agent_id)
         .cloned()
-        .ok_or_else(|| ApiError::bad_request(NO_ACTIVE_MODEL))?;
+        .ok_or_else(|| ApiError::bad_request(no_active_model(&record.agent_id)))?;
     let profile = &route.profile;
     record.target = Some(Target {
         profile_name: profile.name.clone(),

@@ -553,7 +553,20 @@ fn an_agent_without_an_active_model_gets_400_and_nothing_is_sent() {
 
     let r = chat(&app, "nobody", &hello("hi"));
     let message = assert_error(&r, 400);
-    assert_eq!(message, "No active model set for agent_id");
+    assert!(
+        message.starts_with("No active model set for agent_id"),
+        "{message}"
+    );
+    // It names the agent and the fix.
+    assert!(message.contains("'nobody'"), "{message}");
+    assert!(message.contains("POST /api/switch"), "{message}");
+    // Without x-agent-id the agent is `default`, and the message says why.
+    let r = app.agent("POST", "/v1/chat/completions").json(&hello("hi"));
+    let message = assert_error(&r, 400);
+    assert!(
+        message.contains("'default'") && message.contains("x-agent-id"),
+        "{message}"
+    );
     assert!(upstream.received().is_empty());
 }
 
