@@ -237,20 +237,9 @@ pub fn update_profile(
     Ok(Profile::from_row(&row))
 }
 
-/// Deletes a profile and its models unless an agent points at it. The caller holds the
-/// profile's row `FOR UPDATE`, so it exists and no switch to it can start meanwhile.
+/// Deletes a profile and its models. The caller holds the profile's row `FOR UPDATE` and
+/// has checked that no agent points at it, so no switch to it can start meanwhile.
 pub fn delete_profile(c: &mut impl GenericClient, id: i64) -> Result<(), ApiError> {
-    let in_use: i64 = c
-        .query_one(
-            "SELECT count(*) FROM agent_state WHERE profile_id = $1",
-            &[&id],
-        )?
-        .get(0);
-    if in_use > 0 {
-        return Err(ApiError::Conflict(format!(
-            "profile is the active profile of {in_use} agent(s); switch them elsewhere first"
-        )));
-    }
     c.execute("DELETE FROM profiles WHERE id = $1", &[&id])
         .map_err(|e| {
             // Only if a caller skipped the lock: an agent switched to it after the check.
@@ -409,17 +398,32 @@ pub fn set_agent_state(
     Ok(row.get(0))
 }
 
-/// Up to `limit` agents (by id) whose state points at the model, and how many there are.
-pub fn agents_on_model(
+/// What an agent's state points at.
+#[derive(Debug, Clone, Copy)]
+pub enum Uses {
+    Profile,
+    Model,
+}
+
+/// Up to `limit` agents (by id) whose state points at the profile or model `id`, and how
+/// many there are.
+pub fn agents_using(
     c: &mut impl GenericClient,
-    model_id: i64,
+    uses: Uses,
+    id: i64,
     limit: i64,
 ) -> Result<(Vec<String>, i64), ApiError> {
-    let rows = c.query(
-        "SELECT agent_id, count(*) OVER () FROM agent_state WHERE model_id = $1
-         ORDER BY agent_id LIMIT $2",
-        &[&model_id, &limit],
-    )?;
+    let sql = match uses {
+        Uses::Profile => {
+            "SELECT agent_id, count(*) OVER () FROM agent_state WHERE profile_id = $1
+             ORDER BY agent_id LIMIT $2"
+        }
+        Uses::Model => {
+            "SELECT agent_id, count(*) OVER () FROM agent_state WHERE model_id = $1
+             ORDER BY agent_id LIMIT $2"
+        }
+    };
+    let rows = c.query(sql, &[&id, &limit])?;
     let total = rows.first().map_or(0, |r| r.get(1));
     Ok((rows.iter().map(|r| r.get(0)).collect(), total))
 }

@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_model_name, Fields};
-use crate::store::{self, Lock, ModelChanges};
+use crate::store::{self, Lock, ModelChanges, Uses};
 
 pub fn profile_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("profile '{name}' not found"))
@@ -41,16 +41,10 @@ pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
         // The row lock waits for switches to this model in progress (they hold it shared)
         // and makes those that start later wait and then see it disabled.
         if let Some(model) = store::find_model(&mut tx, profile.id, model_name, Lock::Update)? {
-            let (agents, total) = store::agents_on_model(&mut tx, model.id, 10)?;
-            if total > 0 {
-                let more = match total - agents.len() as i64 {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
+            if let Some(agents) = agents_using(&mut tx, Uses::Model, model.id)? {
                 return Err(ApiError::Conflict(format!(
                     "model '{model_name}' of profile '{profile_name}' is the active model \
-                     of agent(s) {}{more}; switch them to a different model first",
-                    agents.join(", ")
+                     of agent(s) {agents}; switch them to a different model first"
                 )));
             }
         }
@@ -62,6 +56,25 @@ pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
         if created { 201 } else { 200 },
         &model.to_json(),
     ))
+}
+
+/// The agents whose state points at a profile or model, named for a 409 (the first ten,
+/// then how many more), or `None` when there are none.
+pub fn agents_using(
+    c: &mut impl postgres::GenericClient,
+    uses: Uses,
+    id: i64,
+) -> Result<Option<String>, ApiError> {
+    const NAMED: i64 = 10;
+    let (agents, total) = store::agents_using(c, uses, id, NAMED)?;
+    if total == 0 {
+        return Ok(None);
+    }
+    let more = match total - agents.len() as i64 {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Ok(Some(format!("{}{more}", agents.join(", "))))
 }
 
 pub fn list(app: &App, req: &Req) -> Result<Reply, ApiError> {

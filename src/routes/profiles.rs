@@ -6,7 +6,8 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{valid_profile_name, Fields};
-use crate::store::{self, Lock};
+use crate::routes::models::agents_using;
+use crate::store::{self, Lock, Uses};
 
 pub const PROVIDER_TYPES: [&str; 3] = ["openai", "anthropic", "openai_compatible"];
 
@@ -156,8 +157,15 @@ pub fn delete(app: &App, raw_id: &str) -> Result<Reply, ApiError> {
     let id = parse_profile_id(raw_id)?;
     let mut conn = app.conn()?;
     let mut tx = conn.transaction()?;
-    if store::find_profile(&mut tx, id, Lock::Update)?.is_none() {
+    let Some(profile) = store::find_profile(&mut tx, id, Lock::Update)? else {
         return Err(ApiError::not_found(format!("profile {id} not found")));
+    };
+    if let Some(agents) = agents_using(&mut tx, Uses::Profile, id)? {
+        return Err(ApiError::Conflict(format!(
+            "profile '{}' is the active profile of agent(s) {agents}; switch them elsewhere \
+             first (POST /api/switch)",
+            profile.profile_name
+        )));
     }
     store::delete_profile(&mut tx, id)?;
     tx.commit()?;

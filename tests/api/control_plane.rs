@@ -541,13 +541,33 @@ fn deleting_a_profile_an_agent_is_switched_to_is_409_and_deletes_nothing() {
     let r = app
         .admin("DELETE", &format!("/admin/profiles/{}", p["id"]))
         .send();
-    assert_error(&r, 409);
+    let message = assert_error(&r, 409);
+    assert!(message.contains("agent-1"), "names the agent: {message}");
     assert_eq!(count(&app, "SELECT count(*) FROM profiles"), 1);
     assert_eq!(count(&app, "SELECT count(*) FROM models"), 2);
     assert_eq!(count(&app, "SELECT count(*) FROM agent_state"), 1);
     let r = app.agent("GET", "/api/active?agent_id=agent-1").send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["profile_name"], "busy");
+}
+
+#[test]
+fn deleting_a_profile_many_agents_use_names_ten_of_them_and_counts_the_rest() {
+    let app = TestApp::spawn();
+    let p = app.create_profile("busy", "openai", "https://a.example/v1", "sk-1");
+    for i in 0..12 {
+        app.switch(&format!("agent-{i:02}"), "busy", "gpt-a");
+    }
+    let r = app
+        .admin("DELETE", &format!("/admin/profiles/{}", p["id"]))
+        .send();
+    let message = assert_error(&r, 409);
+    assert!(
+        message.contains("agent-00") && message.contains("agent-09"),
+        "{message}"
+    );
+    assert!(!message.contains("agent-10"), "{message}");
+    assert!(message.contains("and 2 more"), "{message}");
 }
 
 #[test]
