@@ -71,8 +71,12 @@ fn credentials(f: &Fields) -> Result<Value, ApiError> {
 
 /// Path ids that are not numbers name no profile: 404, like any unknown id.
 pub fn parse_profile_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .map_err(|_| ApiError::not_found(format!("profile {raw} not found")))
+    raw.parse::<i64>().map_err(|_| {
+        ApiError::not_found(format!(
+            "profile '{raw}' not found: profile ids are numbers (GET /admin/profiles lists \
+             them with their ids)"
+        ))
+    })
 }
 
 pub fn create(app: &App, req: &Req) -> Result<Reply, ApiError> {

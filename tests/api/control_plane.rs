@@ -518,7 +518,13 @@ fn patching_or_deleting_an_unknown_or_non_numeric_profile_id_is_404() {
     for id in ["999999", "abc", "1.5", "-1", "99999999999999999999999"] {
         let path = format!("/admin/profiles/{id}");
         assert_error(&app.admin("PATCH", &path).json(&patch), 404);
-        assert_error(&app.admin("DELETE", &path).send(), 404);
+        let message = assert_error(&app.admin("DELETE", &path).send(), 404);
+        if id == "abc" {
+            assert!(
+                message.contains("numbers") && message.contains("GET /admin/profiles"),
+                "says what an id is and where to find one: {message}"
+            );
+        }
     }
     assert_eq!(count(&app, "SELECT count(*) FROM profiles"), 1);
     let base_url: String = app
