@@ -119,7 +119,10 @@ impl ApiError {
             | ApiError::GatewayTimeout(m)
             | ApiError::Misconfigured(m)
             | ApiError::Unavailable { message: m, .. } => m.clone(),
-            ApiError::Unauthorized => "missing or unknown API key".into(),
+            ApiError::Unauthorized => {
+                "missing or unknown API key: send it as the header `Authorization: Bearer <key>`"
+                    .into()
+            }
             ApiError::Forbidden => "this route needs the admin key".into(),
             ApiError::MethodNotAllowed { allow } => {
                 format!("method not allowed; this route accepts {allow}")

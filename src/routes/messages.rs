@@ -31,9 +31,16 @@ pub fn is_messages_path(path: &str) -> bool {
 /// An error in Anthropic's shape: `{"type":"error","error":{"type","message"}}`.
 pub fn error_reply(e: &ApiError) -> Reply {
     let status = e.status();
+    let message = match e {
+        // The Anthropic SDKs and Claude Code send `x-api-key`; say that both forms work.
+        ApiError::Unauthorized => "missing or unknown API key: send it as the header \
+                                   `x-api-key: <key>` or `Authorization: Bearer <key>`"
+            .to_string(),
+        _ => e.message(),
+    };
     Reply::json(
         status,
-        &inbound::error_body(inbound::own_error_type(status), &e.message()),
+        &inbound::error_body(inbound::own_error_type(status), &message),
     )
     .with_error_headers(e)
 }

@@ -1495,7 +1495,11 @@ fn agent_routes_take_the_agent_or_the_admin_key() {
 fn the_key_is_checked_before_the_body_is_read() {
     let app = TestApp::spawn();
     let r = app.request("POST", "/admin/profiles").body(b"{not json");
-    assert_error(&r, 401);
+    let message = assert_error(&r, 401);
+    assert!(
+        message.contains("Authorization: Bearer"),
+        "names the header it expects: {message}"
+    );
     let r = app.agent("POST", "/admin/profiles").body(b"{not json");
     assert_error(&r, 403);
     let r = app.request("POST", "/api/switch").body(b"[]");

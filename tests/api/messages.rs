@@ -379,7 +379,7 @@ fn errors_of_the_route_take_anthropics_shape() {
         app.request("POST", "/v1/messages").body(hi),
         401,
         "authentication_error",
-        "API key",
+        "x-api-key: <key>",
     );
     check(
         app.request("POST", "/v1/messages")
