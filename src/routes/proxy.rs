@@ -97,7 +97,31 @@ pub(super) fn serve(
     let reply = match relay(app, req, &mut record) {
         // A stream appends its row itself, once it has ended.
         Ok(Relay::Streamed(reply)) => return Ok(reply),
-        Ok(Relay::Answered(reply)) => reply,
+        Ok(Relay::Answered(reply)) => {
+            if reply.status >= 400 {
+                // The upstream's own error, relayed as it came: the log and the audit row
+                // say what it was, since the client cannot tell it from ours otherwise.
+                let hint = loaded(app)
+                    .ok()
+                    .and_then(|s| {
+                        s.route(&record.agent_id)
+                            .and_then(|r| version_hint(r, reply.status))
+                    })
+                    .unwrap_or_default();
+                let what = format!(
+                    "the upstream answered {}: {}{hint}",
+                    reply.status,
+                    upstream_reason(&reply)
+                );
+                crate::warn!(
+                    "POST {} (agent {}): {what}",
+                    req.path.escape_debug(),
+                    record.agent_id.escape_debug()
+                );
+                record.error = Some(what);
+            }
+            reply
+        }
         Err(e) => {
             if e.status() >= 500 {
                 crate::error!("POST {}: {e}", req.path.escape_debug());
@@ -335,8 +359,9 @@ fn finish_answer(
 ) -> Result<(Reply, Option<Usage>), ApiError> {
     let parsed: Value = serde_json::from_slice(&answer.body).map_err(|_| {
         ApiError::BadGateway(format!(
-            "upstream answered status {} with a body that is not JSON",
-            answer.status
+            "upstream answered status {} with a body that is not JSON{}",
+            answer.status,
+            version_hint(route, answer.status).unwrap_or_default()
         ))
     })?;
     let ok = (200..300).contains(&answer.status);
@@ -366,6 +391,52 @@ fn finish_answer(
     let usage = parsed.get("usage").and_then(Usage::from_openai);
     // The upstream's own bytes go back unchanged.
     Ok((Reply::raw_json(answer.status, answer.body), usage))
+}
+
+/// The short reason an upstream's error body gives (`error.message`, `error`, `message` or
+/// `detail`), at most 200 characters; the body was masked of the profile's key already.
+fn upstream_reason(reply: &Reply) -> String {
+    let crate::http::Body::Bytes { data, .. } = &reply.body else {
+        return "(no body)".into();
+    };
+    let parsed: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+    let text = [
+        parsed.pointer("/error/message"),
+        parsed.get("error"),
+        parsed.get("message"),
+        parsed.get("detail"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(Value::as_str)
+    .unwrap_or("(no message)");
+    let short: String = text.chars().take(200).collect();
+    short.escape_debug().to_string()
+}
+
+/// For a 404 from an OpenAI-type upstream whose `base_url` has no version path: most such
+/// servers serve `/v1/chat/completions`, so the likely fix is a `/v1` on the base URL.
+fn version_hint(route: &Route, status: u16) -> Option<String> {
+    let profile = &route.profile;
+    if status != 404 || profile.provider_type == ProviderType::Anthropic {
+        return None;
+    }
+    let path = profile.base_url.splitn(4, '/').nth(3).unwrap_or_default();
+    let versioned = path.split('/').any(|segment| {
+        segment.len() > 1
+            && segment.starts_with('v')
+            && segment[1..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+    });
+    (!versioned).then(|| {
+        format!(
+            " (hint: the profile's base_url {} has no version path; OpenAI-compatible servers \
+             usually serve /v1/chat/completions: set base_url to {}/v1 with PATCH \
+             /admin/profiles/{})",
+            profile.base_url, profile.base_url, profile.id
+        )
+    })
 }
 
 /// Upstream errors may quote the key they were sent ("Incorrect API key provided: sk-…");
@@ -667,6 +738,68 @@ mod tests {
         assert_eq!(
             Value::Object(kept),
             json!({"model": "x", "stream": true, "messages": []})
+        );
+    }
+
+    fn route_to(base_url: &str, provider_type: ProviderType) -> Route {
+        Route {
+            profile: Arc::new(crate::state::Profile {
+                id: 3,
+                name: "p".into(),
+                provider_type,
+                base_url: base_url.into(),
+                sealed_credentials: Vec::new(),
+            }),
+            model: Arc::new(crate::state::Model {
+                name: "m".into(),
+                max_tokens: None,
+                drop_params: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_404_from_a_base_url_without_a_version_path_gets_a_hint() {
+        let bare = route_to("http://localhost:8000", ProviderType::OpenAiCompatible);
+        let hint = version_hint(&bare, 404).unwrap();
+        assert!(
+            hint.contains("http://localhost:8000/v1") && hint.contains("PATCH /admin/profiles/3"),
+            "{hint}"
+        );
+        assert_eq!(version_hint(&bare, 500), None);
+        for url in [
+            "http://localhost:8000/v1",
+            "https://api.example.com/openai/v1",
+            "https://x.example/api/v4.1",
+        ] {
+            assert_eq!(
+                version_hint(&route_to(url, ProviderType::OpenAi), 404),
+                None,
+                "{url}"
+            );
+        }
+        assert_eq!(
+            version_hint(
+                &route_to("https://api.anthropic.com", ProviderType::Anthropic),
+                404
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_upstream_error_is_summed_up_by_its_message() {
+        let reason = |body: &str| upstream_reason(&Reply::raw_json(401, body.as_bytes().to_vec()));
+        assert_eq!(
+            reason(r#"{"error":{"message":"Incorrect API key provided: [redacted]"}}"#),
+            "Incorrect API key provided: [redacted]"
+        );
+        assert_eq!(reason(r#"{"error":"model not found"}"#), "model not found");
+        assert_eq!(reason(r#"{"detail":"Not Found"}"#), "Not Found");
+        assert_eq!(reason("<html>"), "(no message)");
+        assert_eq!(
+            reason(&format!(r#"{{"message":"{}"}}"#, "x".repeat(500))).len(),
+            200
         );
     }
 

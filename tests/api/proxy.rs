@@ -791,6 +791,60 @@ fn an_upstream_error_status_and_body_come_back_as_they_are() {
 }
 
 #[test]
+fn an_upstream_error_is_described_in_the_audit_row_and_the_log_with_the_key_masked() {
+    let upstream = FakeUpstream::start(|_| {
+        Answer::Json(
+            401,
+            json!({"error": {"message": "Incorrect API key provided: sk-upstream-secret-9"}}),
+        )
+    });
+    let app = TestApp::spawn();
+    app.create_profile(
+        "acct",
+        "openai_compatible",
+        &upstream.url,
+        "sk-upstream-secret-9",
+    );
+    app.switch("told", "acct", "m");
+    let r = chat(&app, "told", &hello("hi"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.header("x-switcher-error"),
+        None,
+        "the upstream's error, not ours"
+    );
+    let row = next_audit_row(&app, 0);
+    let error = row["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("401") && error.contains("Incorrect API key provided: [redacted]"),
+        "{row}"
+    );
+    assert!(eventually(PATIENCE, || app
+        .logs()
+        .contains("the upstream answered 401")));
+    assert!(!app.logs().contains("sk-upstream-secret-9"));
+}
+
+#[test]
+fn a_404_from_a_base_url_without_a_version_path_gets_a_hint_in_the_audit_row() {
+    let upstream = FakeUpstream::start(|_| Answer::Json(404, json!({"detail": "Not Found"})));
+    let app = TestApp::spawn();
+    app.create_profile("vllm", "openai_compatible", &upstream.url, "sk-x");
+    app.switch("lost", "vllm", "m");
+    let r = chat(&app, "lost", &hello("hi"));
+    assert_eq!(r.status, 404, "{}", r.text());
+    let row = next_audit_row(&app, 0);
+    let error = row["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("{}/v1", upstream.url)), "{row}");
+    let html = FakeUpstream::start(|_| Answer::Raw(404, "text/html", b"<h1>404</h1>".to_vec()));
+    app.create_profile("bare", "openai_compatible", &html.url, "sk-x");
+    app.switch("lost", "bare", "m");
+    let r = chat(&app, "lost", &hello("hi"));
+    let message = assert_error(&r, 502);
+    assert!(message.contains("has no version path"), "{message}");
+}
+
+#[test]
 fn an_upstream_error_quoting_the_profiles_key_reaches_the_agent_without_it() {
     let key = "sk-quoted-secret-123456";
     for provider_type in ["openai", "anthropic"] {
