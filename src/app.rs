@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::auth::KeyUsage;
 use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::db::{Conn, Pool};
@@ -23,6 +24,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Open and refused client connections, kept by tiny_http (for `/metrics`).
     pub connections: Arc<tiny_http::ConnectionCounters>,
+    /// Agent key uses waiting to be written to `last_used_at`.
+    pub key_usage: KeyUsage,
 }
 
 impl App {
@@ -38,6 +41,7 @@ impl App {
             cipher,
             upstream,
             connections: Arc::default(),
+            key_usage: KeyUsage::default(),
         }
     }
 

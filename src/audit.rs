@@ -2,12 +2,13 @@
 
 use std::time::SystemTime;
 
-use postgres::GenericClient;
-use serde_json::{Map, Value};
+use postgres::{GenericClient, Row};
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::hex;
 use crate::error::ApiError;
+use crate::iso;
 use crate::usage::Usage;
 
 /// One side of a switch.
@@ -18,16 +19,28 @@ pub struct Target {
     pub model_name: String,
 }
 
+impl Target {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "profile_name": self.profile_name,
+            "provider_type": self.provider_type,
+            "model_name": self.model_name,
+        })
+    }
+}
+
+/// Writes one `audit_switches` row; returns its id.
 pub fn record_switch(
     c: &mut impl GenericClient,
     agent_id: &str,
     from: Option<&Target>,
     to: &Target,
-) -> Result<(), ApiError> {
-    c.execute(
+    rollback_of: Option<i64>,
+) -> Result<i64, ApiError> {
+    let row = c.query_one(
         "INSERT INTO audit_switches (agent_id, from_profile_name, from_provider_type,
-             from_model_name, to_profile_name, to_provider_type, to_model_name)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             from_model_name, to_profile_name, to_provider_type, to_model_name, rollback_of)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         &[
             &agent_id,
             &from.map(|f| &f.profile_name),
@@ -36,9 +49,156 @@ pub fn record_switch(
             &to.profile_name,
             &to.provider_type,
             &to.model_name,
+            &rollback_of,
         ],
     )?;
-    Ok(())
+    Ok(row.get(0))
+}
+
+/// One `audit_switches` row.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub id: i64,
+    pub agent_id: String,
+    pub from: Option<Target>,
+    pub to: Target,
+    pub switched_at: String,
+    pub rollback_of: Option<i64>,
+}
+
+impl Switch {
+    const COLUMNS: &'static str = concat!(
+        "id, agent_id, from_profile_name, from_provider_type, from_model_name, ",
+        "to_profile_name, to_provider_type, to_model_name, ",
+        iso!("switched_at"),
+        ", rollback_of"
+    );
+
+    fn from_row(row: &Row) -> Switch {
+        let from = match (row.get(2), row.get(3), row.get(4)) {
+            (Some(profile_name), Some(provider_type), Some(model_name)) => Some(Target {
+                profile_name,
+                provider_type,
+                model_name,
+            }),
+            _ => None,
+        };
+        Switch {
+            id: row.get(0),
+            agent_id: row.get(1),
+            from,
+            to: Target {
+                profile_name: row.get(5),
+                provider_type: row.get(6),
+                model_name: row.get(7),
+            },
+            switched_at: row.get(8),
+            rollback_of: row.get(9),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "from": self.from.as_ref().map(Target::to_json),
+            "to": self.to.to_json(),
+            "switched_at": self.switched_at,
+            "rollback_of": self.rollback_of,
+        })
+    }
+}
+
+/// An agent's switches, newest first (by id: switches of one agent are serialized by its
+/// lock, so ids follow the order in which they took effect).
+pub fn history(
+    c: &mut impl GenericClient,
+    agent_id: &str,
+    limit: i64,
+) -> Result<Vec<Switch>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM audit_switches WHERE agent_id = $1 ORDER BY id DESC LIMIT $2",
+        Switch::COLUMNS
+    );
+    Ok(c.query(&sql, &[&agent_id, &limit])?
+        .iter()
+        .map(Switch::from_row)
+        .collect())
+}
+
+/// A switch by id, whichever agent it belongs to.
+pub fn find_switch(c: &mut impl GenericClient, id: i64) -> Result<Option<Switch>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM audit_switches WHERE id = $1",
+        Switch::COLUMNS
+    );
+    Ok(c.query_opt(&sql, &[&id])?.as_ref().map(Switch::from_row))
+}
+
+/// One `audit_requests` row, as `GET /admin/requests` shows it.
+const REQUEST_COLUMNS: &str = concat!(
+    "id, endpoint, agent_id, profile_name, provider_type, model_name, stream, status, ",
+    "latency_ms, prompt_tokens, completion_tokens, total_tokens, prompt_sha256, error, ",
+    iso!("created_at")
+);
+
+/// The query of one page of `audit_requests`, newest first: `$1` is the limit, then the
+/// agent (`$2`) and the id to page back from (`$2` or `$3`) when given. Each shape is
+/// served by an index (`audit_requests_agent_id_id_idx`, or the primary key) read backwards,
+/// without a sort; a test checks the plans.
+pub fn requests_page_sql(by_agent: bool, before_id: bool) -> String {
+    let mut conditions = Vec::new();
+    if by_agent {
+        conditions.push("agent_id = $2".to_string());
+    }
+    if before_id {
+        conditions.push(format!("id < ${}", if by_agent { 3 } else { 2 }));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!("SELECT {REQUEST_COLUMNS} FROM audit_requests{filter} ORDER BY id DESC LIMIT $1")
+}
+
+/// One page of audited requests as JSON objects, newest first.
+pub fn requests_page(
+    c: &mut impl GenericClient,
+    agent_id: Option<&str>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let sql = requests_page_sql(agent_id.is_some(), before_id.is_some());
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&limit];
+    if let Some(agent_id) = &agent_id {
+        params.push(agent_id);
+    }
+    if let Some(before_id) = &before_id {
+        params.push(before_id);
+    }
+    Ok(c.query(&sql, &params)?
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "endpoint": r.get::<_, String>(1),
+                "agent_id": r.get::<_, String>(2),
+                "profile_name": r.get::<_, Option<String>>(3),
+                "provider_type": r.get::<_, Option<String>>(4),
+                "model_name": r.get::<_, Option<String>>(5),
+                "stream": r.get::<_, bool>(6),
+                "status": r.get::<_, i32>(7),
+                "latency_ms": r.get::<_, i32>(8),
+                "prompt_tokens": r.get::<_, Option<i32>>(9),
+                "completion_tokens": r.get::<_, Option<i32>>(10),
+                "total_tokens": r.get::<_, Option<i32>>(11),
+                "prompt_sha256": r.get::<_, Option<String>>(12),
+                "error": r.get::<_, Option<String>>(13),
+                "created_at": r.get::<_, String>(14),
+            })
+        })
+        .collect())
 }
 
 /// Which proxy route a request came through (`audit_requests.endpoint`).
@@ -152,6 +312,15 @@ fn hash_json(hasher: &mut Sha256, value: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn each_requests_page_query_numbers_its_parameters_in_order() {
+        assert!(requests_page_sql(false, false)
+            .ends_with("FROM audit_requests ORDER BY id DESC LIMIT $1"));
+        assert!(requests_page_sql(true, false).contains("WHERE agent_id = $2 ORDER BY"));
+        assert!(requests_page_sql(false, true).contains("WHERE id < $2 ORDER BY"));
+        assert!(requests_page_sql(true, true).contains("WHERE agent_id = $2 AND id < $3 ORDER BY"));
+    }
 
     #[test]
     fn prompt_hash_uses_sorted_compact_messages() {

@@ -15,6 +15,8 @@ pub enum ApiError {
     Unauthorized,
     /// 403: the agent key on an admin route.
     Forbidden,
+    /// 403: an agent's own key used for another agent; the message names both.
+    WrongAgent(String),
     /// 404: unknown route or unknown resource.
     NotFound(String),
     /// 405: the route exists but not with this method; `allow` lists the methods it takes.
@@ -51,7 +53,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
-            ApiError::Forbidden => 403,
+            ApiError::Forbidden | ApiError::WrongAgent(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::RequestTimeout => 408,
@@ -76,7 +78,7 @@ impl ApiError {
             | ApiError::HeadersTooLarge { .. }
             | ApiError::Unsupported { .. } => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
-            ApiError::Forbidden => "permission_error",
+            ApiError::Forbidden | ApiError::WrongAgent(_) => "permission_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::RequestTimeout => "invalid_request_error",
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "invalid_request",
             ApiError::Unauthorized => "invalid_api_key",
             ApiError::Forbidden => "admin_key_required",
+            ApiError::WrongAgent(_) => "wrong_agent",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RequestTimeout => "request_timeout",
@@ -115,6 +118,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::WrongAgent(m)
             | ApiError::BadGateway(m)
             | ApiError::GatewayTimeout(m)
             | ApiError::Misconfigured(m)

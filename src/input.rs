@@ -28,6 +28,33 @@ impl<'a> Fields<'a> {
         self.0.get(name).filter(|v| !v.is_null())
     }
 
+    /// A 400 naming the first field that is not one of `known`.
+    pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(unknown) => Err(ApiError::bad_request(format!(
+                "unknown field `{unknown}`; this route accepts {}",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A whole number from 1 up (an id).
+    pub fn opt_id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .filter(|n| *n >= 1)
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "a positive whole number")),
+        }
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
@@ -86,6 +113,39 @@ impl<'a> Fields<'a> {
             Some(Value::Object(m)) => Ok(Some(Fields(m))),
             Some(_) => Err(wrong_type(name, "an object")),
         }
+    }
+}
+
+/// A `limit` query parameter: 1 to `max`, `default` when absent.
+pub fn query_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "query parameter `limit` must be a whole number from 1 to {max}"
+                ))
+            }),
+    }
+}
+
+/// An id query parameter (`before_id`): a whole number from 1 up.
+pub fn query_id(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "query parameter `{name}` must be a positive whole number"
+                ))
+            }),
     }
 }
 
@@ -174,6 +234,23 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("`missing` is required"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_query_numbers_are_named() {
+        let body = json!({"agent_id": "a", "extra": 1});
+        let f = Fields(body.as_object().unwrap());
+        assert!(f.only(&["agent_id", "extra"]).is_ok());
+        let e = f.only(&["agent_id"]).unwrap_err();
+        assert!(e.message().contains("`extra`"), "{e}");
+        assert_eq!(query_limit(None, 50, 1000).unwrap(), 50);
+        assert_eq!(query_limit(Some("1000"), 50, 1000).unwrap(), 1000);
+        for bad in ["0", "1001", "-1", "x", ""] {
+            let e = query_limit(Some(bad), 50, 1000).unwrap_err();
+            assert!(e.message().contains("`limit`"), "{bad}: {e}");
+        }
+        assert_eq!(query_id("before_id", Some("7")).unwrap(), Some(7));
+        assert!(query_id("before_id", Some("0")).is_err());
     }
 
     #[test]

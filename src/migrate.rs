@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_data_plane.sql",
         sql: include_str!("../sql/0002_data_plane.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_operator.sql",
+        sql: include_str!("../sql/0003_operator.sql"),
+    },
 ];
 
 /// How long migrations wait for a lock.

@@ -215,7 +215,7 @@ fn serve(app: &App, mut rq: Request) {
     let reply = match prepare(app, &mut rq, &method, &path, query, arrival) {
         Ok((endpoint, who, req)) => {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                routes::dispatch(app, &endpoint, who, &req)
+                routes::dispatch(app, &endpoint, &who, &req)
             }));
             match outcome {
                 Ok(Ok(reply)) => reply,
@@ -298,7 +298,7 @@ fn prepare(
         .iter()
         .find(|(n, _)| n == "authorization")
         .map(|(_, v)| v.as_str());
-    let who = auth::authorize(&app.config, endpoint.access(), authorization)?;
+    let who = auth::authorize(app, endpoint.access(), authorization)?;
     // Every declared body is read here, under the read deadline, even where the handler
     // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
     // deadline is gone, and a client that stalls its body would hold the worker forever.

@@ -167,6 +167,8 @@ pub fn start(config: Config) -> Result<Running, String> {
     journal
         .spawn_writer(pg, app.health.clone())
         .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+    crate::auth::spawn_usage_writer(app.clone())
+        .map_err(|e| format!("cannot start the agent key use writer: {e}"))?;
 
     let listener =
         server::bind(&listen).map_err(|e| format!("cannot listen on {listen} (HOST/PORT): {e}"))?;

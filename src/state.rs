@@ -1,5 +1,5 @@
-//! The data plane's routing state: profiles (credentials still sealed), models and agent
-//! states, held in memory so that a proxied request never waits on the database. It is
+//! The data plane's routing state: profiles (credentials still sealed), models, agent
+//! states and agent keys (their SHA-256 only), held in memory so that a proxied request never waits on the database. It is
 //! loaded whole from Postgres, swapped in whole, and reloaded when a `NOTIFY` on
 //! `switcher_state` says something changed, every `STATE_RESYNC_MS`, and whenever the
 //! listening connection comes back.
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
@@ -87,10 +89,23 @@ pub struct Route {
     pub model: Arc<Model>,
 }
 
+/// A key of one agent (`agent_keys`), as the routing state knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentKey {
+    pub id: i64,
+    pub agent_id: String,
+}
+
+/// Agent keys by the first bytes of their SHA-256, then compared whole in constant time.
+/// Only the digest of a presented key meets the table, so timing can tell at most whether
+/// a guess's digest shares a prefix with a stored one, which says nothing about any key.
+type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], AgentKey)>>;
+
 /// One consistent picture of the routing tables.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     routes: HashMap<String, Route>,
+    agent_keys: KeyIndex,
     /// The body of `GET /v1/models`, made once per load.
     models_body: Vec<u8>,
 }
@@ -100,6 +115,27 @@ impl Snapshot {
         self.routes.get(agent_id)
     }
 
+    /// The agent key `key` is, if it is one.
+    pub fn agent_key(&self, key: &str) -> Option<&AgentKey> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let candidates = self.agent_keys.get(&key_prefix(&digest))?;
+        candidates
+            .iter()
+            .find(|(stored, _)| bool::from(stored.ct_eq(&digest)))
+            .map(|(_, k)| k)
+    }
+
+    /// A snapshot that knows only these agent keys (`id`, `agent_id`, the key itself).
+    #[cfg(test)]
+    pub fn with_agent_keys(keys: &[(i64, &str, &str)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (id, agent_id, key) in keys {
+            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            index_key(&mut snapshot.agent_keys, digest, *id, agent_id.to_string());
+        }
+        snapshot
+    }
+
     pub fn models_body(&self) -> &[u8] {
         &self.models_body
     }
@@ -107,6 +143,19 @@ impl Snapshot {
     pub fn agents(&self) -> usize {
         self.routes.len()
     }
+}
+
+fn key_prefix(digest: &[u8; 32]) -> [u8; 8] {
+    let mut prefix = [0; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    prefix
+}
+
+fn index_key(index: &mut KeyIndex, digest: [u8; 32], id: i64, agent_id: String) {
+    index
+        .entry(key_prefix(&digest))
+        .or_default()
+        .push((digest, AgentKey { id, agent_id }));
 }
 
 /// The snapshot an instance serves from, with the ticket of the load that made it.
@@ -255,11 +304,22 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
             );
         }
     }
+
+    let mut agent_keys = KeyIndex::new();
+    for row in tx.query("SELECT id, agent_id, key_sha256 FROM agent_keys", &[])? {
+        let stored: Vec<u8> = row.get(2);
+        // The table's CHECK allows only 32-byte digests.
+        let Ok(digest) = <[u8; 32]>::try_from(stored.as_slice()) else {
+            continue;
+        };
+        index_key(&mut agent_keys, digest, row.get(0), row.get(1));
+    }
     tx.commit()?;
     let models_body =
         serde_json::to_vec(&json!({"object": "list", "data": listed})).unwrap_or_default();
     Ok(Snapshot {
         routes,
+        agent_keys,
         models_body,
     })
 }
@@ -419,6 +479,21 @@ mod tests {
             "{m}"
         );
         assert!(no_active_model("default").contains("x-agent-id"));
+    }
+
+    #[test]
+    fn agent_keys_are_found_by_the_key_and_nothing_else() {
+        let snapshot = Snapshot::with_agent_keys(&[(1, "a", "sk-sw-one"), (2, "b", "sk-sw-two")]);
+        assert_eq!(
+            snapshot.agent_key("sk-sw-two"),
+            Some(&AgentKey {
+                id: 2,
+                agent_id: "b".into()
+            })
+        );
+        assert_eq!(snapshot.agent_key("sk-sw-one").unwrap().agent_id, "a");
+        assert_eq!(snapshot.agent_key("sk-sw-on"), None);
+        assert_eq!(snapshot.agent_key(""), None);
     }
 
     #[test]

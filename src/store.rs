@@ -507,3 +507,105 @@ pub fn upsert_discovered_models(
 fn profile_gone(profile_id: i64) -> ApiError {
     ApiError::not_found(format!("profile {profile_id} was deleted meanwhile"))
 }
+
+/// Every agent with a state (or only `only`), ordered by `agent_id`.
+pub fn list_agents(
+    c: &mut impl GenericClient,
+    only: Option<&str>,
+) -> Result<Vec<ActiveState>, ApiError> {
+    let sql = concat!(
+        "SELECT s.agent_id, p.id, p.profile_name, p.provider_type, p.base_url, m.model_name, ",
+        "m.max_tokens, m.drop_params, ",
+        iso!("s.updated_at"),
+        " FROM agent_state s JOIN profiles p ON p.id = s.profile_id ",
+        "JOIN models m ON m.id = s.model_id WHERE ($1::text IS NULL OR s.agent_id = $1) ",
+        "ORDER BY s.agent_id"
+    );
+    Ok(c.query(sql, &[&only])?
+        .iter()
+        .map(|row| ActiveState {
+            agent_id: row.get(0),
+            profile_id: row.get(1),
+            profile_name: row.get(2),
+            provider_type: row.get(3),
+            base_url: row.get(4),
+            model_name: row.get(5),
+            max_tokens: row.get(6),
+            drop_params: row.get(7),
+            updated_at: row.get(8),
+        })
+        .collect())
+}
+
+/// A key of one agent, as listed (never the key, not even its digest).
+#[derive(Debug, Clone)]
+pub struct AgentKeyRow {
+    pub id: i64,
+    pub agent_id: String,
+    pub name: Option<String>,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+impl AgentKeyRow {
+    const COLUMNS: &'static str = concat!(
+        "k.id, k.agent_id, k.name, ",
+        iso!("k.created_at"),
+        ", ",
+        iso!("k.last_used_at")
+    );
+
+    fn from_row(row: &Row) -> AgentKeyRow {
+        AgentKeyRow {
+            id: row.get(0),
+            agent_id: row.get(1),
+            name: row.get(2),
+            created_at: row.get(3),
+            last_used_at: row.get(4),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+        })
+    }
+}
+
+pub fn insert_agent_key(
+    c: &mut impl GenericClient,
+    agent_id: &str,
+    name: Option<&str>,
+    key_sha256: &[u8],
+) -> Result<AgentKeyRow, ApiError> {
+    let sql = format!(
+        "INSERT INTO agent_keys AS k (agent_id, name, key_sha256) VALUES ($1, $2, $3)
+         RETURNING {}",
+        AgentKeyRow::COLUMNS
+    );
+    let row = c.query_one(&sql, &[&agent_id, &name, &key_sha256])?;
+    Ok(AgentKeyRow::from_row(&row))
+}
+
+pub fn list_agent_keys(
+    c: &mut impl GenericClient,
+    agent_id: Option<&str>,
+) -> Result<Vec<AgentKeyRow>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM agent_keys k WHERE ($1::text IS NULL OR k.agent_id = $1) ORDER BY k.id",
+        AgentKeyRow::COLUMNS
+    );
+    Ok(c.query(&sql, &[&agent_id])?
+        .iter()
+        .map(AgentKeyRow::from_row)
+        .collect())
+}
+
+/// Deletes a key; whether it existed.
+pub fn delete_agent_key(c: &mut impl GenericClient, id: i64) -> Result<bool, ApiError> {
+    Ok(c.execute("DELETE FROM agent_keys WHERE id = $1", &[&id])? == 1)
+}

@@ -279,11 +279,12 @@ fn translated(
 /// `POST /v1/messages/count_tokens`: forwarded to an `anthropic` profile, estimated locally
 /// for the others (`anthropic_inbound::estimate_tokens`). Not audited.
 pub fn count_tokens(app: &App, req: &Req) -> Result<Reply, ApiError> {
+    let claimed = proxy::claimed_agent(req)?;
+    let who = auth::authorize_key(app, Access::Proxy, key_of(req))?;
     let mut record = RequestRecord {
-        agent_id: proxy::agent_of(req)?,
+        agent_id: proxy::agent_of(&who, claimed)?,
         ..RequestRecord::default()
     };
-    auth::authorize_key(&app.config, Access::Proxy, key_of(req))?;
     let mut body = Body::parse(&req.body).map_err(ApiError::BadRequest)?;
     check_request(&body)?;
     let (route, api_key) = proxy::resolve(app, &mut record)?;

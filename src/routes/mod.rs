@@ -1,11 +1,13 @@
 //! The route table: which handler serves a method and path, and who may call it.
 
+pub mod agent_keys;
 pub mod agents;
 pub mod health;
 pub mod messages;
 pub mod models;
 pub mod profiles;
 pub mod proxy;
+pub mod requests;
 pub mod sync;
 
 use crate::app::App;
@@ -25,7 +27,14 @@ pub enum Endpoint {
     UpsertModel,
     ListModels,
     Switch,
+    Rollback,
     Active,
+    ListAgents,
+    History,
+    CreateAgentKey,
+    ListAgentKeys,
+    DeleteAgentKey(String),
+    ListRequests,
     V1Models,
     ChatCompletions,
     Messages,
@@ -46,8 +55,17 @@ impl Endpoint {
             | Endpoint::UpdateProfile(_)
             | Endpoint::DeleteProfile(_)
             | Endpoint::SyncModels(_)
-            | Endpoint::UpsertModel => Access::Admin,
-            Endpoint::ListModels | Endpoint::Switch | Endpoint::Active => Access::Agent,
+            | Endpoint::UpsertModel
+            | Endpoint::CreateAgentKey
+            | Endpoint::ListAgentKeys
+            | Endpoint::DeleteAgentKey(_)
+            | Endpoint::ListRequests => Access::Admin,
+            Endpoint::ListModels
+            | Endpoint::Switch
+            | Endpoint::Rollback
+            | Endpoint::Active
+            | Endpoint::ListAgents
+            | Endpoint::History => Access::Agent,
         }
     }
 }
@@ -80,6 +98,13 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["admin", "profiles", _, "sync-models"], _) => not_allowed("POST"),
         (["admin", "models"], "POST") => Ok(Endpoint::UpsertModel),
         (["admin", "models"], _) => not_allowed("POST"),
+        (["admin", "agent-keys"], "GET") => Ok(Endpoint::ListAgentKeys),
+        (["admin", "agent-keys"], "POST") => Ok(Endpoint::CreateAgentKey),
+        (["admin", "agent-keys"], _) => not_allowed("GET, POST"),
+        (["admin", "agent-keys", id], "DELETE") => Ok(Endpoint::DeleteAgentKey(id.to_string())),
+        (["admin", "agent-keys", _], _) => not_allowed("DELETE"),
+        (["admin", "requests"], "GET") => Ok(Endpoint::ListRequests),
+        (["admin", "requests"], _) => not_allowed("GET"),
 
         (["api", "models"], "GET") => Ok(Endpoint::ListModels),
         (["api", "models"], _) => not_allowed("GET"),
@@ -87,6 +112,12 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["api", "switch"], _) => not_allowed("POST"),
         (["api", "active"], "GET") => Ok(Endpoint::Active),
         (["api", "active"], _) => not_allowed("GET"),
+        (["api", "rollback"], "POST") => Ok(Endpoint::Rollback),
+        (["api", "rollback"], _) => not_allowed("POST"),
+        (["api", "agents"], "GET") => Ok(Endpoint::ListAgents),
+        (["api", "agents"], _) => not_allowed("GET"),
+        (["api", "history"], "GET") => Ok(Endpoint::History),
+        (["api", "history"], _) => not_allowed("GET"),
 
         (["v1", "models"], "GET") => Ok(Endpoint::V1Models),
         (["v1", "models"], _) => not_allowed("GET"),
@@ -104,7 +135,7 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
 pub fn dispatch(
     app: &App,
     endpoint: &Endpoint,
-    _who: Principal,
+    who: &Principal,
     req: &Req,
 ) -> Result<Reply, ApiError> {
     match endpoint {
@@ -115,8 +146,15 @@ pub fn dispatch(
         Endpoint::DeleteProfile(id) => profiles::delete(app, id),
         Endpoint::UpsertModel => models::upsert(app, req),
         Endpoint::ListModels => models::list(app, req),
-        Endpoint::Switch => agents::switch(app, req),
-        Endpoint::Active => agents::active(app, req),
+        Endpoint::Switch => agents::switch(app, who, req),
+        Endpoint::Rollback => agents::rollback(app, who, req),
+        Endpoint::Active => agents::active(app, who, req),
+        Endpoint::ListAgents => agents::list(app, who),
+        Endpoint::History => agents::history(app, who, req),
+        Endpoint::CreateAgentKey => agent_keys::create(app, req),
+        Endpoint::ListAgentKeys => agent_keys::list(app, req),
+        Endpoint::DeleteAgentKey(id) => agent_keys::delete(app, id),
+        Endpoint::ListRequests => requests::list(app, req),
         Endpoint::SyncModels(id) => sync::sync_models(app, id),
         Endpoint::V1Models => proxy::list_models(app),
         Endpoint::ChatCompletions => proxy::chat_completions(app, req),

@@ -15,7 +15,7 @@ use crate::anthropic_passthrough;
 use crate::anthropic_stream;
 use crate::app::App;
 use crate::audit::{self, Endpoint, RequestRecord, Target};
-use crate::auth::{self, Access};
+use crate::auth::{self, Access, Principal};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::check_agent_id;
@@ -84,9 +84,10 @@ pub(super) fn serve(
     relay: RelayFn,
     error_reply: fn(&ApiError) -> Reply,
 ) -> Result<Reply, ApiError> {
-    let agent_id = agent_of(req)?;
+    let claimed = claimed_agent(req)?;
     // A refused key leaves no row (anyone could fill the table with them).
-    auth::authorize_key(&app.config, Access::Proxy, key)?;
+    let who = auth::authorize_key(app, Access::Proxy, key)?;
+    let agent_id = agent_of(&who, claimed)?;
     app.journal.check_room()?;
     let mut record = RequestRecord {
         endpoint,
@@ -182,17 +183,32 @@ pub(super) fn send(app: &App, call: &Call, stream: bool) -> Result<Sent, ApiErro
     Ok(Sent::Stream(streaming))
 }
 
-/// The agent a request speaks for: `x-agent-id`, or `default`.
-pub(super) fn agent_of(req: &Req) -> Result<String, ApiError> {
-    let agent_id = req
+/// The agent a request says it speaks for (`x-agent-id`), if it says so.
+pub fn claimed_agent(req: &Req) -> Result<Option<String>, ApiError> {
+    let Some(agent_id) = req
         .header("x-agent-id")
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .unwrap_or("default");
+    else {
+        return Ok(None);
+    };
     // Not a usable agent id, so there is nothing to attribute an audit row to.
     check_agent_id(agent_id)
         .map_err(|e| ApiError::bad_request(format!("header x-agent-id: {}", e.message())))?;
-    Ok(agent_id.to_string())
+    Ok(Some(agent_id.to_string()))
+}
+
+/// The agent a request speaks for: an agent key's own agent (a different `x-agent-id` is a
+/// 403), else `x-agent-id`, else `default`.
+pub fn agent_of(who: &Principal, claimed: Option<String>) -> Result<String, ApiError> {
+    match (who.bound_agent(), claimed) {
+        (Some(own), None) => Ok(own.to_string()),
+        (_, Some(claimed)) => {
+            who.may_act_for(&claimed)?;
+            Ok(claimed)
+        }
+        (None, None) => Ok("default".to_string()),
+    }
 }
 
 pub(super) fn with_target_headers(reply: Reply, target: Option<&Target>) -> Reply {
