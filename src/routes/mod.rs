@@ -2,6 +2,7 @@
 
 pub mod agent_keys;
 pub mod agents;
+pub mod console;
 pub mod health;
 pub mod messages;
 pub mod models;
@@ -35,6 +36,7 @@ pub enum Endpoint {
     ListAgentKeys,
     DeleteAgentKey(String),
     ListRequests,
+    Console(console::Asset),
     V1Models,
     ChatCompletions,
     Messages,
@@ -49,7 +51,8 @@ impl Endpoint {
             | Endpoint::V1Models
             | Endpoint::ChatCompletions
             | Endpoint::Messages
-            | Endpoint::CountTokens => Access::Public,
+            | Endpoint::CountTokens
+            | Endpoint::Console(_) => Access::Public,
             Endpoint::ListProfiles
             | Endpoint::CreateProfile
             | Endpoint::UpdateProfile(_)
@@ -119,6 +122,13 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["api", "history"], "GET") => Ok(Endpoint::History),
         (["api", "history"], _) => not_allowed("GET"),
 
+        (["console"], "GET") => Ok(Endpoint::Console(console::Asset::Page)),
+        (["console", "console.js"], "GET") => Ok(Endpoint::Console(console::Asset::Script)),
+        (["console", "console.css"], "GET") => Ok(Endpoint::Console(console::Asset::Style)),
+        (["console"] | ["console", "console.js"] | ["console", "console.css"], _) => {
+            not_allowed("GET")
+        }
+
         (["v1", "models"], "GET") => Ok(Endpoint::V1Models),
         (["v1", "models"], _) => not_allowed("GET"),
         (["v1", "chat", "completions"], "POST") => Ok(Endpoint::ChatCompletions),
@@ -155,6 +165,7 @@ pub fn dispatch(
         Endpoint::ListAgentKeys => agent_keys::list(app, req),
         Endpoint::DeleteAgentKey(id) => agent_keys::delete(app, id),
         Endpoint::ListRequests => requests::list(app, req),
+        Endpoint::Console(asset) => Ok(console::serve(*asset)),
         Endpoint::SyncModels(id) => sync::sync_models(app, id),
         Endpoint::V1Models => proxy::list_models(app),
         Endpoint::ChatCompletions => proxy::chat_completions(app, req),

@@ -1,4 +1,4 @@
-//! The operator's side: agents, history, rollback, agent keys, the request log.
+//! The operator's side: agents, history, rollback, agent keys, the request log, the console.
 
 use std::sync::Barrier;
 use std::thread;
@@ -817,4 +817,41 @@ fn history_and_rollback_read_an_index_of_the_agents_switches() {
         plan.contains("audit_switches_agent_id_id_idx") && !plan.contains("Sort"),
         "{plan}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The console
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_console_is_served_without_a_key_under_a_strict_content_security_policy() {
+    let app = TestApp::spawn();
+    let page = app.request("GET", "/console").send();
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.header("Content-Security-Policy").expect("a CSP");
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert!(page.text().contains("/console/console.js"));
+    let script = app.request("GET", "/console/console.js").send();
+    assert_eq!(script.status, 200);
+    assert!(script
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(script.text().contains("sessionStorage"));
+    let style = app.request("GET", "/console/console.css").send();
+    assert!(style
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/css"));
+    assert_eq!(app.request("POST", "/console").send().status, 405);
+    assert_eq!(app.request("GET", "/console/other.js").send().status, 404);
 }
