@@ -306,7 +306,7 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
     }
 
     let mut agent_keys = KeyIndex::new();
-    for row in tx.query("SELECT id, agent_id, key_sha256 FROM agent_keys", &[])? {
+    for row in tx.query_typed("SELECT id, agent_id, key_sha256 FROM agent_keys", &[])? {
         let stored: Vec<u8> = row.get(2);
         // The table's CHECK allows only 32-byte digests.
         let Ok(digest) = <[u8; 32]>::try_from(stored.as_slice()) else {
