@@ -568,6 +568,45 @@ fn an_agent_key_acts_for_its_own_agent_only_on_every_route() {
 }
 
 #[test]
+fn an_agent_key_in_x_api_key_is_bound_to_its_agent_on_the_messages_route() {
+    let upstream = FakeUpstream::start(|_| Answer::Json(200, completion()));
+    let app = TestApp::spawn();
+    app.create_profile("p", "openai", &upstream.url, "sk-up");
+    app.switch("bob", "p", "m-bob");
+    app.switch("alice", "p", "m-alice");
+    let key = new_key(&app, "bob")["key"].as_str().unwrap().to_string();
+    let message = |agent: Option<&str>, path: &str| {
+        let mut call = app.request("POST", path).header("x-api-key", &key);
+        if let Some(agent) = agent {
+            call = call.header("x-agent-id", agent);
+        }
+        call.json(&json!({"model": "x", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+    };
+    let r = message(None, "/v1/messages");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switcher-model"), Some("m-bob"));
+    let r = message(Some("alice"), "/v1/messages");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("alice"));
+    assert_eq!(
+        message(Some("alice"), "/v1/messages/count_tokens").status,
+        403
+    );
+    assert_eq!(message(None, "/v1/messages/count_tokens").status, 200);
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "nothing went upstream for alice"
+    );
+}
+
+#[test]
 fn a_deleted_agent_key_stops_working_on_every_instance() {
     let upstream = FakeUpstream::start(|_| Answer::Json(200, completion()));
     let first = TestApp::spawn();
