@@ -120,7 +120,7 @@ fn agents_lists_every_agent_with_a_state_ordered_by_agent_id() {
     assert_eq!(data[0]["model_name"], "m2");
     assert_eq!(data[0]["provider_type"], "openai");
     let anonymous = app.request("GET", "/api/agents").send();
-    assert_eq!(error(&anonymous, 401), "missing or unknown API key");
+    assert!(error(&anonymous, 401).starts_with("missing or unknown API key"));
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn history_refuses_a_missing_agent_or_a_limit_out_of_range() {
         .send();
     assert_eq!(r.status, 200);
     let anonymous = app.request("GET", "/api/history?agent_id=a").send();
-    assert_eq!(error(&anonymous, 401), "missing or unknown API key");
+    assert!(error(&anonymous, 401).starts_with("missing or unknown API key"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ fn rollback_bodies_are_checked_field_by_field() {
     let anonymous = app
         .request("POST", "/api/rollback")
         .json(&json!({"agent_id": "a"}));
-    assert_eq!(error(&anonymous, 401), "missing or unknown API key");
+    assert!(error(&anonymous, 401).starts_with("missing or unknown API key"));
     assert_eq!(app.agent("GET", "/api/rollback").send().status, 405);
     assert_eq!(active_model(&app, "a"), "m3");
 }
@@ -631,10 +631,7 @@ fn a_deleted_agent_key_stops_working_on_every_instance() {
         .send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({"deleted": true, "id": created["id"]}));
-    assert_eq!(
-        error(&chat(&first, key, None), 401),
-        "missing or unknown API key"
-    );
+    assert!(error(&chat(&first, key, None), 401).starts_with("missing or unknown API key"));
     let on_api = first
         .request("GET", "/api/active?agent_id=bob")
         .key(key)
