@@ -34,6 +34,7 @@ fn agent_query(req: &Req) -> Result<&str, ApiError> {
 pub fn switch(app: &App, who: &Principal, req: &Req) -> Result<Reply, ApiError> {
     let body = req.json_object()?;
     let f = Fields(&body);
+    f.only(&["agent_id", "profile_name", "model_name"])?;
     let agent_id = agent_field(&f)?;
     let profile_name = f.str("profile_name")?;
     let model_name = f.str("model_name")?;

@@ -17,6 +17,14 @@ pub fn profile_not_found(name: &str) -> ApiError {
 pub fn upsert(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let body = req.json_object()?;
     let f = Fields(&body);
+    f.only(&[
+        "profile_name",
+        "model_name",
+        "enabled",
+        "tags",
+        "max_tokens",
+        "drop_params",
+    ])?;
     let profile_name = f.str("profile_name")?;
     let model_name = f.str("model_name")?;
     check_model_name(model_name)?;

@@ -82,6 +82,7 @@ pub fn parse_profile_id(raw: &str) -> Result<i64, ApiError> {
 pub fn create(app: &App, req: &Req) -> Result<Reply, ApiError> {
     let body = req.json_object()?;
     let f = Fields(&body);
+    f.only(&["profile_name", "provider_type", "base_url", "credentials"])?;
     let name = f.str("profile_name")?;
     if !valid_profile_name(name) {
         return Err(ApiError::bad_request(
@@ -125,6 +126,7 @@ pub fn update(app: &App, raw_id: &str, req: &Req) -> Result<Reply, ApiError> {
     let id = parse_profile_id(raw_id)?;
     let body = req.json_object()?;
     let f = Fields(&body);
+    f.only(&["base_url", "credentials"])?;
     let new_base_url = f.opt_str("base_url")?.map(normalize_base_url).transpose()?;
     let new_credentials = if f.has("credentials") {
         Some(credentials(&f)?)

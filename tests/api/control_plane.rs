@@ -2453,3 +2453,78 @@ fn a_kms_key_that_is_not_base64_of_32_bytes_stops_the_binary() {
     assert!(exit.code.is_some_and(|c| c != 0), "{exit:?}");
     assert!(exit.stderr.contains("ROUTER_KMS_KEY"), "{exit:?}");
 }
+
+#[test]
+fn control_plane_bodies_refuse_unknown_fields_naming_them_and_the_allowed_ones() {
+    let app = TestApp::spawn();
+    let id = app.create_profile("main", "openai", "http://127.0.0.1:9/v1", "sk-test-main")["id"]
+        .as_i64()
+        .unwrap();
+    app.add_model("main", "gpt-4o-mini", json!({}));
+    app.switch("bot", "main", "gpt-4o-mini");
+
+    let cases: Vec<(&str, String, Value, &str, &str)> = vec![
+        (
+            "POST",
+            "/admin/profiles".into(),
+            json!({"profile_name": "typo", "provider_type": "openai",
+                   "base_ur": "http://127.0.0.1:9/v1", "credentials": {"api_key": "sk-x"}}),
+            "base_ur",
+            "base_url",
+        ),
+        (
+            "PATCH",
+            format!("/admin/profiles/{id}"),
+            json!({"base_ur": "http://127.0.0.1:9/v1"}),
+            "base_ur",
+            "credentials",
+        ),
+        (
+            "POST",
+            "/admin/models".into(),
+            json!({"profile_name": "main", "model_name": "gpt-4o-mini", "enable": false}),
+            "enable",
+            "enabled",
+        ),
+        (
+            "POST",
+            "/api/switch".into(),
+            json!({"agent_id": "bot", "profile_name": "main", "model_name": "gpt-4o-mini",
+                   "agent": "other"}),
+            "agent",
+            "model_name",
+        ),
+        (
+            "POST",
+            "/api/rollback".into(),
+            json!({"agent_id": "bot", "to_switch": 1}),
+            "to_switch",
+            "to_switch_id",
+        ),
+        (
+            "POST",
+            "/admin/agent-keys".into(),
+            json!({"agent_id": "bot", "label": "laptop"}),
+            "label",
+            "name",
+        ),
+    ];
+    for (method, path, body, unknown, allowed) in cases {
+        let r = app.admin(method, &path).json(&body);
+        let message = assert_error(&r, 400);
+        assert!(
+            message.contains(&format!("`{unknown}`")) && message.contains(&format!("`{allowed}`")),
+            "{method} {path}: the message names `{unknown}` and the allowed `{allowed}`: {message}"
+        );
+    }
+
+    // Nothing was written by the refused bodies.
+    let profiles = app.admin("GET", "/admin/profiles").send().json();
+    assert_eq!(profiles["data"].as_array().unwrap().len(), 1, "{profiles}");
+    let models = app.agent("GET", "/api/models").send().json();
+    assert_eq!(models["data"][0]["enabled"], json!(true), "{models}");
+    let keys = app.admin("GET", "/admin/agent-keys").send().json();
+    assert_eq!(keys["data"].as_array().unwrap().len(), 0, "{keys}");
+    let history = app.admin("GET", "/api/history?agent_id=bot").send().json();
+    assert_eq!(history["data"].as_array().unwrap().len(), 1, "{history}");
+}
