@@ -22,7 +22,6 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 
 import anthropic
-import httpx
 import openai
 import pydantic
 
@@ -108,15 +107,18 @@ def validate_openai_request(body):
 
 
 sent_bodies = []
+sent_versions = []
 
 
 def client(agent, **kw):
     def capture(request):
         sent_bodies.append(request.content)
+        sent_versions.append(request.headers.get("anthropic-version"))
     return anthropic.Anthropic(
         base_url=URL, api_key=AGENT_KEY, max_retries=0, timeout=60,
         default_headers={"x-agent-id": agent},
-        http_client=httpx.Client(event_hooks={"request": [capture]}), **kw)
+        # The SDK's own client class: anthropic 2.x builds on httpx2 and refuses an httpx.Client.
+        http_client=anthropic.DefaultHttpxClient(event_hooks={"request": [capture]}), **kw)
 
 
 claude = client("sdk-claude")
@@ -153,7 +155,7 @@ def _():
         model="claude-sonnet-4-5", max_tokens=4096, system="Be brief.",
         messages=[{"role": "user", "content": [
             {"type": "text", "text": "Say hi", "cache_control": {"type": "ephemeral"}}]}],
-        metadata={"user_id": "u-1"}, temperature=0.5)
+        metadata={"user_id": "u-1"}, stop_sequences=["END"])
     message = raw.parse()
     assert raw.http_response.headers["x-switcher-profile"] == "e2e-claude"
     assert raw.http_response.headers["x-switcher-model"] == "claude-fake-1"
@@ -165,13 +167,16 @@ def _():
     got = got[0]
     assert got["path"] == "/v1/messages", got["path"]
     assert got["headers"]["x-api-key"] == ANTHROPIC_KEY
-    assert got["headers"]["anthropic-version"] == "2023-06-01"
+    # The client's own anthropic-version goes on (SDK 2.x sends a newer one than 2023-06-01).
+    assert sent_versions[-1], "the SDK sends anthropic-version"
+    assert got["headers"]["anthropic-version"] == sent_versions[-1], \
+        (got["headers"]["anthropic-version"], sent_versions[-1])
     validate_anthropic_request(got["json"])
     sent = sent_bodies[-1]
     expected = json.loads(sent)
     expected["model"], expected["max_tokens"] = "claude-fake-1", 1000
     assert got["json"] == expected, (got["json"], expected)
-    # Byte for byte: the SDK sends compact JSON (httpx 0.28 does), and so does the pass-through.
+    # Byte for byte: the SDK sends compact JSON (its HTTP client does), and so does the pass-through.
     assert b'"model":"claude-sonnet-4-5"' in sent, sent
     assert got["raw"] == sent.replace(b'"model":"claude-sonnet-4-5"', b'"model":"claude-fake-1"', 1) \
         .replace(b'"max_tokens":4096', b'"max_tokens":1000', 1), (got["raw"], sent)
