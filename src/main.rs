@@ -118,6 +118,7 @@ fn serve() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
+    signals.serving();
     let signal = signals.wait();
     switcher_api::info!("{signal} received; finishing requests in flight");
     // A second signal means "now": the operator does not want to wait for the grace.

@@ -198,3 +198,62 @@ fn a_second_sigterm_stops_without_waiting_for_requests_in_flight() {
     assert_eq!(code, Some(1), "{}", app.logs());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A SIGTERM or SIGINT while the first contact with the database hangs (a server that
+/// accepts the connection and never answers) ends the process at once, as a signal stop.
+#[test]
+fn a_stop_signal_while_the_database_does_not_answer_at_startup_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    for (signal, number) in [("-TERM", libc::SIGTERM), ("-INT", libc::SIGINT)] {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let (accepted_tx, accepted) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            // Held open and never answered, until the test ends.
+            let mut held = Vec::new();
+            for stream in silent.incoming().flatten() {
+                held.push(stream);
+                let _ = accepted_tx.send(());
+            }
+        });
+        let mut child = Command::new(binary())
+            .current_dir(empty_dir())
+            .env_remove("ROUTER_KMS_KEY")
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{port}/switcher?sslmode=disable"),
+            )
+            .envs([
+                ("HOST", "127.0.0.1"),
+                ("PORT", "0"),
+                ("ROUTER_ADMIN_KEY", ADMIN_KEY),
+                ("ROUTER_AGENT_KEY", AGENT_KEY),
+                ("AUDIT_JOURNAL_DIR", empty_dir().to_str().unwrap()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switcher-api");
+        accepted
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server tries the database");
+        let sent = std::time::Instant::now();
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if sent.elapsed() > Duration::from_secs(4) {
+                let _ = child.kill();
+                panic!("{signal}: still running 4 s after the signal");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.signal(), Some(number), "{signal}: {status:?}");
+    }
+}
