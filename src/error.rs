@@ -46,6 +46,12 @@ pub enum ApiError {
     Misconfigured(String),
     /// 500: a bug or an unexpected database error; the detail goes to the log only.
     Internal(String),
+    /// Any of the above and the lower-level error behind it (a driver's error and its I/O
+    /// cause). The client sees the outer error only; the log shows the whole chain.
+    Caused(
+        Box<ApiError>,
+        Box<dyn std::error::Error + Send + Sync + 'static>,
+    ),
 }
 
 impl ApiError {
@@ -66,6 +72,7 @@ impl ApiError {
             ApiError::BadGateway(_) => 502,
             ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => 503,
             ApiError::GatewayTimeout(_) => 504,
+            ApiError::Caused(outer, _) => outer.status(),
         }
     }
 
@@ -86,6 +93,7 @@ impl ApiError {
             ApiError::BadGateway(_) | ApiError::GatewayTimeout(_) => "upstream_error",
             ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Misconfigured(_) | ApiError::Internal(_) => "server_error",
+            ApiError::Caused(outer, _) => outer.kind(),
         }
     }
 
@@ -109,6 +117,7 @@ impl ApiError {
             ApiError::Unavailable { code, .. } => code,
             ApiError::Misconfigured(_) => "misconfigured",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Caused(outer, _) => outer.code(),
         }
     }
 
@@ -146,6 +155,7 @@ impl ApiError {
             }
             ApiError::DbUnavailable(_) => "database unavailable".into(),
             ApiError::Internal(_) => "internal server error".into(),
+            ApiError::Caused(outer, _) => outer.message(),
         }
     }
 
@@ -161,6 +171,27 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::NotFound(message.into())
     }
+
+    /// This error, caused by `source` (kept for the log, never shown to the client).
+    pub fn caused_by(self, source: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+        ApiError::Caused(Box::new(self), Box::new(source))
+    }
+
+    /// `Display` and then each cause in turn, for the log: "a: b: c". A cause whose text
+    /// the previous one already holds (drivers often repeat their cause) is not repeated.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let next = c.to_string();
+            if !text.contains(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            cause = c.source();
+        }
+        text
+    }
 }
 
 impl fmt::Display for ApiError {
@@ -168,41 +199,58 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::DbUnavailable(detail) => write!(f, "database unavailable: {detail}"),
             ApiError::Internal(detail) => write!(f, "internal error: {detail}"),
+            ApiError::Caused(outer, _) => write!(f, "{outer}"),
             other => write!(f, "{}", other.message()),
         }
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Caused(_, source) => Some(&**source),
+            _ => None,
+        }
+    }
+}
 
 impl From<postgres::Error> for ApiError {
     fn from(e: postgres::Error) -> ApiError {
-        if let Some(db) = e.as_db_error() {
-            let code = db.code();
-            if *code == SqlState::UNIQUE_VIOLATION {
-                return ApiError::Conflict("already exists".into());
-            }
-            // Which record is missing or still referenced depends on the operation, so each
-            // store function that can meet one words it; this is only the fallback.
-            if *code == SqlState::FOREIGN_KEY_VIOLATION || *code == SqlState::RESTRICT_VIOLATION {
-                return ApiError::Conflict(
-                    "the request conflicts with a concurrent change to a related record".into(),
-                );
-            }
-            let class = &code.code()[..2];
-            // 08: connection exceptions, 57: operator intervention (shutdown), 53: resources.
-            if matches!(class, "08" | "57" | "53") {
-                return ApiError::DbUnavailable(db.to_string());
-            }
-            return ApiError::Internal(format!("database error: {db}"));
+        // A conflict is the whole story; an outage or a bug keeps the driver's error for the log.
+        match classify(&e) {
+            conflict @ ApiError::Conflict(_) => conflict,
+            other => other.caused_by(e),
         }
-        if is_connection_failure(&e) {
-            return ApiError::DbUnavailable(e.to_string());
-        }
-        // A client-side error that is not about the connection (a query that returned an
-        // unexpected number of rows, a type mismatch) is a bug of ours, not an outage.
-        ApiError::Internal(format!("database client error: {e}"))
     }
+}
+
+/// What a database error means for the request; the error itself becomes the cause.
+fn classify(e: &postgres::Error) -> ApiError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return ApiError::Conflict("already exists".into());
+        }
+        // Which record is missing or still referenced depends on the operation, so each
+        // store function that can meet one words it; this is only the fallback.
+        if *code == SqlState::FOREIGN_KEY_VIOLATION || *code == SqlState::RESTRICT_VIOLATION {
+            return ApiError::Conflict(
+                "the request conflicts with a concurrent change to a related record".into(),
+            );
+        }
+        let class = &code.code()[..2];
+        // 08: connection exceptions, 57: operator intervention (shutdown), 53: resources.
+        if matches!(class, "08" | "57" | "53") {
+            return ApiError::DbUnavailable("the server refused the work".into());
+        }
+        return ApiError::Internal("database error".into());
+    }
+    if is_connection_failure(e) {
+        return ApiError::DbUnavailable("the connection failed".into());
+    }
+    // A client-side error that is not about the connection (a query that returned an
+    // unexpected number of rows, a type mismatch) is a bug of ours, not an outage.
+    ApiError::Internal("database client error".into())
 }
 
 /// Whether a client-side database error means the connection is gone: closed, or an I/O
@@ -224,7 +272,7 @@ fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
 
 impl From<r2d2::Error> for ApiError {
     fn from(e: r2d2::Error) -> ApiError {
-        ApiError::DbUnavailable(e.to_string())
+        ApiError::DbUnavailable("no connection from the pool".into()).caused_by(e)
     }
 }
 
@@ -272,6 +320,22 @@ mod tests {
         let e = ApiError::from(postgres::Error::__private_api_timeout());
         assert_eq!(e.status(), 500, "{e}");
         assert_eq!(e.message(), "internal server error");
+    }
+
+    #[test]
+    fn a_cause_reaches_the_log_chain_but_never_the_client() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = ApiError::DbUnavailable("the connection failed".into())
+            .caused_by(Wrapped(Box::new(io)));
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.code(), "database_unavailable");
+        assert_eq!(e.message(), "database unavailable");
+        assert!(!e.body().to_string().contains("reset"));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            e.chain(),
+            "database unavailable: the connection failed: wrapped: reset by peer"
+        );
     }
 
     #[test]

@@ -261,10 +261,8 @@ fn serve(app: &App, mut rq: Request) {
 fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
     match e {
         // Expected while the database is away, and already reported once when it went.
-        ApiError::DbUnavailable(_) | ApiError::Unavailable { .. } => {
-            crate::warn!("{method} {}: {e}", path.escape_debug())
-        }
-        _ if e.status() >= 500 => crate::error!("{method} {}: {e}", path.escape_debug()),
+        _ if e.status() == 503 => crate::warn!("{method} {}: {}", path.escape_debug(), e.chain()),
+        _ if e.status() >= 500 => crate::error!("{method} {}: {}", path.escape_debug(), e.chain()),
         _ => {}
     }
     // Anthropic's clients read only Anthropic's error shape.
