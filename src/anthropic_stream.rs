@@ -51,8 +51,7 @@ impl Translator {
     /// `stream_options.include_usage = true`.
     ///
     /// The chunk id is `message_start`'s `message.id`, which comes first; should the upstream
-    /// send anything before it (or no id), `chatcmpl-{created}` is used unless
-    /// [`Translator::with_id_fallback`] gave another.
+    /// send anything before it (or no id), `chatcmpl-{created}` is used.
     pub fn new(created: u64, model: &str, include_usage: bool) -> Self {
         Translator {
             parser: sse::Parser::new(),
@@ -71,12 +70,6 @@ impl Translator {
             done: false,
             error: None,
         }
-    }
-
-    /// Sets the chunk id used until (or unless) `message_start` gives Anthropic's message id.
-    pub fn with_id_fallback(mut self, id: &str) -> Self {
-        id.clone_into(&mut self.id);
-        self
     }
 
     /// Feeds raw upstream bytes (any split); returns the OpenAI SSE bytes to send now
@@ -144,7 +137,8 @@ impl Translator {
         })
     }
 
-    /// The OpenAI finish_reason once `message_delta` was seen.
+    /// The OpenAI finish_reason once `message_delta` was seen (the tests look at it).
+    #[cfg(test)]
     pub fn finish_reason(&self) -> Option<&str> {
         self.finish_reason
     }
@@ -641,10 +635,9 @@ data: {"type":"message_stop"}
     #[test]
     fn the_given_model_and_id_fallback_serve_when_message_start_lacks_them() {
         let input = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n";
-        let mut translator =
-            Translator::new(5, "claude-requested", false).with_id_fallback("chatcmpl-x");
+        let mut translator = Translator::new(5, "claude-requested", false);
         let chunks = payloads(&translator.feed(input));
-        assert_eq!(chunks[0]["id"], "chatcmpl-x");
+        assert_eq!(chunks[0]["id"], "chatcmpl-5");
         assert_eq!(chunks[0]["model"], "claude-requested");
     }
 

@@ -87,16 +87,6 @@ pub fn authorize_key(app: &App, access: Access, key: Option<&str>) -> Result<Pri
     Ok(principal)
 }
 
-/// The principal an `Authorization` header makes; see [`check_key`].
-pub fn check(
-    config: &Config,
-    snapshot: Option<&Snapshot>,
-    access: Access,
-    authorization: Option<&str>,
-) -> Result<Principal, ApiError> {
-    check_key(config, snapshot, access, bearer(authorization))
-}
-
 /// The principal a key makes, and whether it may use a route of `access`. `snapshot` is
 /// `None` until the routing state was first loaded.
 pub fn check_key(
@@ -243,6 +233,16 @@ fn write_usage(app: &App, uses: &[(i64, SystemTime)]) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The principal an `Authorization` header makes.
+    fn check(
+        config: &Config,
+        snapshot: Option<&Snapshot>,
+        access: Access,
+        authorization: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        check_key(config, snapshot, access, bearer(authorization))
+    }
 
     fn config(require_proxy_key: bool) -> Config {
         let mut c = Config::from_lookup(|n| match n {

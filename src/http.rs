@@ -10,7 +10,6 @@ use crate::error::ApiError;
 /// An owned snapshot of one request: everything a handler may look at.
 #[derive(Debug, Clone)]
 pub struct Req {
-    pub method: String,
     pub path: String,
     pub query: Vec<(String, String)>,
     /// The query string as it came, without its `?` (forwarded to Anthropic upstreams).
@@ -26,7 +25,6 @@ pub struct Req {
 impl Default for Req {
     fn default() -> Req {
         Req {
-            method: String::new(),
             path: String::new(),
             query: Vec::new(),
             raw_query: String::new(),
@@ -129,7 +127,6 @@ fn decode(s: &str, plus_is_space: bool) -> String {
 pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
 
 pub enum Body {
-    Empty,
     Bytes {
         data: Vec<u8>,
         content_type: &'static str,

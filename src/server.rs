@@ -306,7 +306,6 @@ fn prepare(
         endpoint,
         who,
         Req {
-            method: method.to_string(),
             path: path.to_string(),
             query,
             raw_query: rq.url().split_once('?').map_or("", |(_, q)| q).to_string(),
@@ -349,18 +348,6 @@ fn send(rq: Request, reply: Reply) {
     } = reply;
     let result = match body {
         Body::Stream(write) => send_stream(rq, status, &headers, write),
-        Body::Empty => {
-            let mut response = Response::empty(status);
-            for (n, v) in &headers {
-                if let Some(h) = header(n, v) {
-                    response.add_header(h);
-                }
-            }
-            if closing {
-                response = response.with_connection_close();
-            }
-            rq.respond(response)
-        }
         Body::Bytes { data, content_type } => {
             let mut response = Response::from_data(data).with_status_code(status);
             response.add_header(header("Content-Type", content_type).expect("valid header"));

@@ -345,13 +345,9 @@ pub fn find_model(
 #[derive(Debug, Clone)]
 pub struct ActiveState {
     pub agent_id: String,
-    pub profile_id: i64,
     pub profile_name: String,
     pub provider_type: String,
-    pub base_url: String,
     pub model_name: String,
-    pub max_tokens: Option<i32>,
-    pub drop_params: Vec<String>,
     pub updated_at: String,
 }
 
@@ -371,7 +367,7 @@ pub fn active_state(
     c: &mut impl GenericClient,
     agent_id: &str,
 ) -> Result<Option<ActiveState>, ApiError> {
-    Ok(route_for_agent(c, agent_id)?.map(|(state, _)| state))
+    Ok(list_agents(c, Some(agent_id))?.pop())
 }
 
 /// Points the agent at the model; returns the switch time.
@@ -437,50 +433,6 @@ pub fn lock_agent(c: &mut impl GenericClient, agent_id: &str) -> Result<(), ApiE
     Ok(())
 }
 
-/// Where an agent's requests go: its state and the profile's sealed credentials, in one query.
-pub fn route_for_agent(
-    c: &mut impl GenericClient,
-    agent_id: &str,
-) -> Result<Option<(ActiveState, Vec<u8>)>, ApiError> {
-    let sql = concat!(
-        "SELECT s.agent_id, p.id, p.profile_name, p.provider_type, p.base_url, m.model_name, ",
-        "m.max_tokens, m.drop_params, ",
-        iso!("s.updated_at"),
-        ", p.credentials_enc FROM agent_state s JOIN profiles p ON p.id = s.profile_id ",
-        "JOIN models m ON m.id = s.model_id WHERE s.agent_id = $1"
-    );
-    Ok(c.query_opt(sql, &[&agent_id])?.map(|row| {
-        let state = ActiveState {
-            agent_id: row.get(0),
-            profile_id: row.get(1),
-            profile_name: row.get(2),
-            provider_type: row.get(3),
-            base_url: row.get(4),
-            model_name: row.get(5),
-            max_tokens: row.get(6),
-            drop_params: row.get(7),
-            updated_at: row.get(8),
-        };
-        (state, row.get(9))
-    }))
-}
-
-/// Enabled models across all profiles as `(profile_name, model_name, created unix seconds)`.
-pub fn enabled_model_ids(
-    c: &mut impl GenericClient,
-) -> Result<Vec<(String, String, i64)>, ApiError> {
-    let rows = c.query(
-        "SELECT p.profile_name, m.model_name, extract(epoch FROM m.created_at)::bigint
-         FROM models m JOIN profiles p ON p.id = m.profile_id
-         WHERE m.enabled ORDER BY p.profile_name, m.model_name",
-        &[],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
 /// Upserts discovered models as enabled; returns how many were new.
 pub fn upsert_discovered_models(
     c: &mut impl GenericClient,
@@ -514,8 +466,7 @@ pub fn list_agents(
     only: Option<&str>,
 ) -> Result<Vec<ActiveState>, ApiError> {
     let sql = concat!(
-        "SELECT s.agent_id, p.id, p.profile_name, p.provider_type, p.base_url, m.model_name, ",
-        "m.max_tokens, m.drop_params, ",
+        "SELECT s.agent_id, p.profile_name, p.provider_type, m.model_name, ",
         iso!("s.updated_at"),
         " FROM agent_state s JOIN profiles p ON p.id = s.profile_id ",
         "JOIN models m ON m.id = s.model_id WHERE ($1::text IS NULL OR s.agent_id = $1) ",
@@ -525,14 +476,10 @@ pub fn list_agents(
         .iter()
         .map(|row| ActiveState {
             agent_id: row.get(0),
-            profile_id: row.get(1),
-            profile_name: row.get(2),
-            provider_type: row.get(3),
-            base_url: row.get(4),
-            model_name: row.get(5),
-            max_tokens: row.get(6),
-            drop_params: row.get(7),
-            updated_at: row.get(8),
+            profile_name: row.get(1),
+            provider_type: row.get(2),
+            model_name: row.get(3),
+            updated_at: row.get(4),
         })
         .collect())
 }
