@@ -183,8 +183,7 @@ fn a_refused_key_is_counted_but_leaves_no_row() {
     }
     // A request that is audited, to know the writer has run since.
     assert_eq!(chat(&app, "a1", "audited").status, 200);
-    assert!(eventually(PATIENCE, || audit_count(&app.db) >= 1));
-    thread::sleep(Duration::from_millis(300));
+    app.wait_audit_written();
     assert_eq!(audit_count(&app.db), 1);
     assert!(up.received().len() == 1);
 }

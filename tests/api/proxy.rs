@@ -231,8 +231,8 @@ pub(crate) fn audit_rows(app: &TestApp) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until there are `expected` audit rows, gives a stray extra row time to appear, and
-/// checks there is none; returns the rows.
+/// Waits until there are `expected` audit rows and the journal holds nothing more, then
+/// checks there is no extra row; returns the rows.
 pub(crate) fn settled_audit_rows(app: &TestApp, expected: usize) -> Vec<Value> {
     let reached = eventually(PATIENCE, || audit_count(app) >= expected);
     assert!(
@@ -240,7 +240,7 @@ pub(crate) fn settled_audit_rows(app: &TestApp, expected: usize) -> Vec<Value> {
         "expected {expected} audit rows, found {}",
         audit_count(app)
     );
-    thread::sleep(Duration::from_millis(500));
+    app.wait_audit_written();
     let rows = audit_rows(app);
     assert_eq!(
         rows.len(),

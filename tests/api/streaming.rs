@@ -540,15 +540,15 @@ fn query_audit(client: &mut postgres::Client, agent_id: &str) -> Vec<AuditRow> {
         .collect()
 }
 
-/// The agent's audit rows once `expected` are there; a moment's grace afterwards lets a
-/// second row for the same request show up, should one be written.
+/// The agent's audit rows once the journal has written everything (so a second row for the
+/// same request would be there too); there must be `expected`.
 fn audit_rows(app: &TestApp, agent_id: &str, expected: usize) -> Vec<AuditRow> {
     let mut client = app.db.client();
     let arrived = eventually(Duration::from_secs(15), || {
         query_audit(&mut client, agent_id).len() >= expected
     });
     assert!(arrived, "{expected} audit row(s) for {agent_id} never came");
-    thread::sleep(ms(300));
+    app.wait_audit_written();
     let rows = query_audit(&mut client, agent_id);
     assert_eq!(rows.len(), expected, "audit rows for {agent_id}: {rows:#?}");
     rows

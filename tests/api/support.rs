@@ -258,6 +258,17 @@ impl TestApp {
         r.json()
     }
 
+    /// Waits until the audit journal holds nothing unwritten (`/healthz` says
+    /// `audit_backlog: 0`): every answered request's row is then in the database, and no row
+    /// can still arrive for it.
+    pub fn wait_audit_written(&self) {
+        let drained = eventually(Duration::from_secs(30), || {
+            let r = self.request("GET", "/healthz").send();
+            r.status == 200 && r.json()["audit_backlog"] == 0
+        });
+        assert!(drained, "the audit journal did not drain: {}", self.logs());
+    }
+
     pub fn switch(&self, agent_id: &str, profile: &str, model: &str) -> Value {
         let r = self.agent("POST", "/api/switch").json(&serde_json::json!({
             "agent_id": agent_id, "profile_name": profile, "model_name": model
