@@ -1,4 +1,5 @@
-//! Translation between OpenAI chat completions and the Anthropic Messages API (ANTHROPIC.md), JSON in and JSON out.
+//! Translation between OpenAI chat completions and the Anthropic Messages API (ANTHROPIC.md),
+//! JSON in and JSON out.
 //!
 //! Everything here is pure so that every rule of the contract can be unit-tested without a
 //! socket; the proxy does the I/O and the stream translator reuses `finish_reason` and
@@ -10,7 +11,8 @@ use serde_json::{json, Map, Value};
 
 use crate::usage::Usage;
 
-/// A request that cannot be translated; the message is client-safe, names the field or message, and becomes a 400.
+/// A request that cannot be translated: a 400 whose client-safe message names the field or
+/// the message at fault.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranslateError(pub String);
 
@@ -22,7 +24,8 @@ impl std::fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
-/// `max_tokens` is required upstream; this is what we send when neither the client nor the model says.
+/// `max_tokens` is required upstream; this is what is sent when neither the client nor the
+/// model gives one.
 const DEFAULT_MAX_TOKENS: i64 = 4096;
 
 /// Upstream error messages are passed to the client, but never at any length.
@@ -39,8 +42,10 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 /// OpenAI chat.completions request body -> Anthropic Messages request body.
 /// `model` is the active model name to put in the request (it also decides how thinking is
-/// asked for, see [`thinking_style`]); `model_max_tokens` is the model's configured max_tokens (default and cap).
-/// The caller has ALREADY removed `drop_params` fields and the `model` field may be anything (ignore it). `stream` is copied as `"stream": true` when the OpenAI request has `stream: true` (streaming is translated elsewhere); other stream_options are not sent upstream.
+/// asked for, see [`thinking_style`]); `model_max_tokens` is the model's configured
+/// `max_tokens` (default and cap). The request's own `model` is ignored, and its
+/// `drop_params` fields are expected to be gone already. `stream: true` is copied (the stream
+/// itself is translated in `anthropic_stream`); `stream_options` are not sent upstream.
 pub fn translate_request(
     openai: &Value,
     model: &str,
@@ -951,7 +956,8 @@ pub(crate) fn sanitize_tool_id(id: &str) -> String {
         .collect()
 }
 
-/// Anthropic Messages response body -> OpenAI chat.completion body. `created` is the unix time in seconds to put in `created`.
+/// Anthropic Messages response body -> OpenAI chat.completion body, with `created` (unix
+/// seconds) as given.
 pub fn translate_response(anthropic: &Value, created: u64) -> Value {
     let mut texts: Vec<&str> = Vec::new();
     let mut tool_calls: Vec<Value> = Vec::new();
@@ -1034,7 +1040,8 @@ pub fn cached_tokens(usage: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// Usage of an Anthropic response or message_start `usage` object, per ANTHROPIC.md (prompt = input + cache_creation_input + cache_read_input; completion = output). None when there is no usage object.
+/// The usage of an Anthropic response or `message_start`, per ANTHROPIC.md: prompt = input +
+/// cache_creation_input + cache_read_input, completion = output. None without a usage object.
 pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
     let usage = usage.as_object()?;
     // Missing or null counts are zero: message_delta carries only output_tokens, and cache
@@ -1049,7 +1056,8 @@ pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
     })
 }
 
-/// Anthropic `finish_reason` mapping (stop_reason -> OpenAI finish_reason) per ANTHROPIC.md; used also by the stream translator.
+/// Anthropic `stop_reason` -> OpenAI `finish_reason`, per ANTHROPIC.md (the stream translator
+/// uses it too).
 pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
         Some("max_tokens") | Some("model_context_window_exceeded") => "length",
@@ -1059,7 +1067,9 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// An upstream Anthropic error body -> OpenAI error body `{"error":{"message","type","code":null}}`. If the body is not the Anthropic error shape, produce a sensible OpenAI error with type "upstream_error" and a message that does not echo large content (truncate to ~500 chars).
+/// An upstream Anthropic error body -> OpenAI error body
+/// `{"error":{"message","type","code":null}}`. A body of another shape becomes an
+/// `upstream_error` whose message quotes at most ~500 characters of it.
 pub fn translate_error(body: &Value) -> Value {
     if let Some(error) = body.get("error").filter(|e| e.is_object()) {
         if let Some(message) = error.get("message").and_then(Value::as_str) {
@@ -1095,6 +1105,7 @@ fn truncate(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_conversation_with_nothing_to_send_is_refused() {
@@ -1107,7 +1118,6 @@ mod tests {
             assert!(e.0.contains("`messages`"), "{}", e.0);
         }
     }
-    use super::*;
 
     fn translate(openai: Value) -> Value {
         translate_request(&openai, "claude-test", None).expect("translates")

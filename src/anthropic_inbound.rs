@@ -24,8 +24,8 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 /// Anthropic Messages request body -> OpenAI chat completion request body.
 ///
 /// `max_tokens_field` is where `max_tokens` goes: `max_completion_tokens` for OpenAI itself,
-/// `max_tokens` for OpenAI-compatible servers. The caller has already removed the model's
-/// `drop_params`; it sets `model` and applies the model's cap afterwards.
+/// `max_tokens` for OpenAI-compatible servers. The model's `drop_params` are expected to be
+/// gone already; `model` and the model's cap are set on the result afterwards.
 pub fn translate_request(
     req: &Map<String, Value>,
     max_tokens_field: &str,

@@ -1,5 +1,6 @@
 //! The data plane's routing state: profiles (credentials still sealed), models, agent
-//! states and agent keys (their SHA-256 only), held in memory so that a proxied request never waits on the database. It is
+//! states and agent keys (their SHA-256 only), held in memory so that a proxied request never
+//! waits on the database. It is
 //! loaded whole from Postgres, swapped in whole, and reloaded when a `NOTIFY` on
 //! `switcher_state` says something changed, every `STATE_RESYNC_MS`, and whenever the
 //! listening connection comes back.
