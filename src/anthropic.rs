@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
 
+use crate::input::present;
 use crate::usage::Usage;
 
 /// A request that cannot be translated: a 400 whose client-safe message names the field or
@@ -33,11 +34,6 @@ const MAX_ERROR_MESSAGE_CHARS: usize = 500;
 
 fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
     Err(TranslateError(message.into()))
-}
-
-/// A field that is absent or `null`: clients send explicit nulls for "not set" all the time.
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
 }
 
 /// OpenAI chat.completions request body -> Anthropic Messages request body.

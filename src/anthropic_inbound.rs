@@ -9,16 +9,12 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use crate::anthropic::TranslateError;
+use crate::input::present;
 use crate::sse;
 use crate::usage::Usage;
 
 fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
     Err(TranslateError(message.into()))
-}
-
-/// A field that is absent or `null`.
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
 }
 
 /// Anthropic Messages request body -> OpenAI chat completion request body.

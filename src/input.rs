@@ -22,10 +22,15 @@ fn storable<'s>(name: &str, s: &'s str) -> Result<&'s str, ApiError> {
     Ok(s)
 }
 
+/// A field's value unless it is absent or `null`: clients send explicit nulls for "not set"
+/// all the time, in control-plane and proxied bodies alike.
+pub fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
 impl<'a> Fields<'a> {
-    /// Present and not null.
     fn present(&self, name: &str) -> Option<&'a Value> {
-        self.0.get(name).filter(|v| !v.is_null())
+        present(self.0, name)
     }
 
     /// A 400 naming the first field that is not one of `known`.
@@ -104,6 +109,36 @@ impl<'a> Fields<'a> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
             Some(_) => Err(wrong_type(name, "a list of strings")),
+        }
+    }
+
+    /// A whole number from 0 up.
+    pub fn opt_whole(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "a whole number")),
+        }
+    }
+
+    pub fn opt_number(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "a number")),
+        }
+    }
+
+    /// A list of anything; `what` names its items in the message ("a list of messages").
+    pub fn opt_list(&self, name: &str, what: &str) -> Result<Option<&'a Vec<Value>>, ApiError> {
+        match self.present(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(wrong_type(name, what)),
         }
     }
 

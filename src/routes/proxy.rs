@@ -18,7 +18,7 @@ use crate::audit::{self, Endpoint, RequestRecord, Target};
 use crate::auth::{self, Access, Principal};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
-use crate::input::check_agent_id;
+use crate::input::{check_agent_id, Fields};
 use crate::journal::Journal;
 use crate::sse;
 use crate::state::{no_active_model, ProviderType, Route, Snapshot};
@@ -480,30 +480,25 @@ pub(super) fn redact(body: Vec<u8>, secret: &str) -> Vec<u8> {
 /// The checks every provider type gets, so that a malformed request is a 400 naming the
 /// field here rather than whatever each upstream makes of it.
 fn check_chat_request(body: &Map<String, Value>) -> Result<(), ApiError> {
-    let bad = |m: String| Err(ApiError::BadRequest(m));
-    let messages = match body.get("messages") {
-        None | Some(Value::Null) => return bad("field `messages` is required".into()),
-        Some(Value::Array(m)) => m,
-        Some(_) => return bad("field `messages` must be a list of messages".into()),
-    };
+    let f = Fields(body);
+    let messages = f
+        .opt_list("messages", "a list of messages")?
+        .ok_or_else(|| ApiError::bad_request("field `messages` is required"))?;
     for (i, message) in messages.iter().enumerate() {
-        match message.get("role") {
-            Some(Value::String(_)) => {}
-            _ if !message.is_object() => {
-                return bad(format!("field `messages[{i}]` must be an object"))
-            }
-            _ => return bad(format!("field `messages[{i}].role` must be a string")),
+        let Value::Object(message) = message else {
+            return Err(ApiError::bad_request(format!(
+                "field `messages[{i}]` must be an object"
+            )));
+        };
+        if !message.get("role").is_some_and(Value::is_string) {
+            return Err(ApiError::bad_request(format!(
+                "field `messages[{i}].role` must be a string"
+            )));
         }
     }
-    let is =
-        |name: &str, ok: fn(&Value) -> bool| body.get(name).is_none_or(|v| v.is_null() || ok(v));
-    if !is("stream", Value::is_boolean) {
-        return bad("field `stream` must be true or false".into());
-    }
+    f.opt_bool("stream")?;
     for name in ["max_tokens", "max_completion_tokens", "n"] {
-        if !is(name, |v| v.as_u64().is_some()) {
-            return bad(format!("field `{name}` must be a whole number"));
-        }
+        f.opt_whole(name)?;
     }
     for name in [
         "temperature",
@@ -511,16 +506,10 @@ fn check_chat_request(body: &Map<String, Value>) -> Result<(), ApiError> {
         "presence_penalty",
         "frequency_penalty",
     ] {
-        if !is(name, Value::is_number) {
-            return bad(format!("field `{name}` must be a number"));
-        }
+        f.opt_number(name)?;
     }
-    if !is("stream_options", Value::is_object) {
-        return bad("field `stream_options` must be an object".into());
-    }
-    if !is("tools", Value::is_array) {
-        return bad("field `tools` must be a list".into());
-    }
+    f.opt_object("stream_options")?;
+    f.opt_list("tools", "a list")?;
     Ok(())
 }
 
