@@ -3,7 +3,8 @@
 use std::time::SystemTime;
 
 use postgres::{GenericClient, Row};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::hex;
@@ -12,7 +13,7 @@ use crate::iso;
 use crate::usage::Usage;
 
 /// One side of a switch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub profile_name: String,
     pub provider_type: String,
@@ -21,11 +22,7 @@ pub struct Target {
 
 impl Target {
     pub fn to_json(&self) -> Value {
-        json!({
-            "profile_name": self.profile_name,
-            "provider_type": self.provider_type,
-            "model_name": self.model_name,
-        })
+        serde_json::to_value(self).expect("a target serializes")
     }
 }
 
@@ -55,8 +52,8 @@ pub fn record_switch(
     Ok(row.get(0))
 }
 
-/// One `audit_switches` row.
-#[derive(Debug, Clone)]
+/// One `audit_switches` row, in the shape `/api/history` shows it.
+#[derive(Debug, Clone, Serialize)]
 pub struct Switch {
     pub id: i64,
     pub agent_id: String,
@@ -98,14 +95,7 @@ impl Switch {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "agent_id": self.agent_id,
-            "from": self.from.as_ref().map(Target::to_json),
-            "to": self.to.to_json(),
-            "switched_at": self.switched_at,
-            "rollback_of": self.rollback_of,
-        })
+        serde_json::to_value(self).expect("a switch serializes")
     }
 }
 
@@ -180,25 +170,47 @@ pub fn requests_page(
     Ok(c.query(&sql, &params)?
         .iter()
         .map(|r| {
-            json!({
-                "id": r.get::<_, i64>(0),
-                "endpoint": r.get::<_, String>(1),
-                "agent_id": r.get::<_, String>(2),
-                "profile_name": r.get::<_, Option<String>>(3),
-                "provider_type": r.get::<_, Option<String>>(4),
-                "model_name": r.get::<_, Option<String>>(5),
-                "stream": r.get::<_, bool>(6),
-                "status": r.get::<_, i32>(7),
-                "latency_ms": r.get::<_, i32>(8),
-                "prompt_tokens": r.get::<_, Option<i32>>(9),
-                "completion_tokens": r.get::<_, Option<i32>>(10),
-                "total_tokens": r.get::<_, Option<i32>>(11),
-                "prompt_sha256": r.get::<_, Option<String>>(12),
-                "error": r.get::<_, Option<String>>(13),
-                "created_at": r.get::<_, String>(14),
-            })
+            let row = RequestRow {
+                id: r.get(0),
+                endpoint: r.get(1),
+                agent_id: r.get(2),
+                profile_name: r.get(3),
+                provider_type: r.get(4),
+                model_name: r.get(5),
+                stream: r.get(6),
+                status: r.get(7),
+                latency_ms: r.get(8),
+                prompt_tokens: r.get(9),
+                completion_tokens: r.get(10),
+                total_tokens: r.get(11),
+                prompt_sha256: r.get(12),
+                error: r.get(13),
+                created_at: r.get(14),
+            };
+            serde_json::to_value(row).expect("a request row serializes")
         })
         .collect())
+}
+
+/// One `audit_requests` row as `GET /admin/requests` lists it (the columns of
+/// `REQUEST_COLUMNS`, in order).
+#[derive(Serialize)]
+struct RequestRow {
+    id: i64,
+    endpoint: String,
+    agent_id: String,
+    profile_name: Option<String>,
+    provider_type: Option<String>,
+    model_name: Option<String>,
+    stream: bool,
+    status: i32,
+    latency_ms: i32,
+    prompt_tokens: Option<i32>,
+    completion_tokens: Option<i32>,
+    total_tokens: Option<i32>,
+    prompt_sha256: Option<String>,
+    error: Option<String>,
+    created_at: String,
 }
 
 /// Which proxy route a request came through (`audit_requests.endpoint`).

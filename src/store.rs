@@ -3,7 +3,8 @@
 
 use postgres::error::SqlState;
 use postgres::{GenericClient, Row};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::iso;
@@ -41,7 +42,7 @@ fn on_foreign_key(e: postgres::Error, mapped: impl FnOnce() -> ApiError) -> ApiE
     ApiError::from(e)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Profile {
     pub id: i64,
     pub profile_name: String,
@@ -72,18 +73,11 @@ impl Profile {
 
     /// The public shape: never the credentials, not even encrypted.
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "profile_name": self.profile_name,
-            "provider_type": self.provider_type,
-            "base_url": self.base_url,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+        serde_json::to_value(self).expect("a plain struct serializes")
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Model {
     pub id: i64,
     pub profile_name: String,
@@ -119,17 +113,7 @@ impl Model {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "profile_name": self.profile_name,
-            "model_name": self.model_name,
-            "enabled": self.enabled,
-            "tags": self.tags,
-            "max_tokens": self.max_tokens,
-            "drop_params": self.drop_params,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+        serde_json::to_value(self).expect("a plain struct serializes")
     }
 }
 
@@ -342,7 +326,7 @@ pub fn find_model(
 }
 
 /// What an agent is switched to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ActiveState {
     pub agent_id: String,
     pub profile_name: String,
@@ -353,13 +337,7 @@ pub struct ActiveState {
 
 impl ActiveState {
     pub fn to_json(&self) -> Value {
-        json!({
-            "agent_id": self.agent_id,
-            "profile_name": self.profile_name,
-            "provider_type": self.provider_type,
-            "model_name": self.model_name,
-            "updated_at": self.updated_at,
-        })
+        serde_json::to_value(self).expect("a plain struct serializes")
     }
 }
 
@@ -485,7 +463,7 @@ pub fn list_agents(
 }
 
 /// A key of one agent, as listed (never the key, not even its digest).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AgentKeyRow {
     pub id: i64,
     pub agent_id: String,
@@ -513,13 +491,7 @@ impl AgentKeyRow {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "agent_id": self.agent_id,
-            "name": self.name,
-            "created_at": self.created_at,
-            "last_used_at": self.last_used_at,
-        })
+        serde_json::to_value(self).expect("a plain struct serializes")
     }
 }
 
