@@ -25,6 +25,10 @@ impl std::fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
+/// The `anthropic-version` the service speaks to Anthropic when it writes the request itself
+/// (translated requests, model sync); a pass-through forwards the client's own.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// `max_tokens` is required upstream; this is what is sent when neither the client nor the
 /// model gives one.
 const DEFAULT_MAX_TOKENS: i64 = 4096;

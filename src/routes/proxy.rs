@@ -25,7 +25,7 @@ use crate::state::{no_active_model, ProviderType, Route, Snapshot};
 use crate::upstream::{Answer, Streaming};
 use crate::usage::Usage;
 
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+use crate::anthropic::ANTHROPIC_VERSION;
 
 /// Fields a model's `drop_params` can never remove: the proxy itself depends on them.
 const PROTECTED_FIELDS: [&str; 3] = ["model", "messages", "stream"];

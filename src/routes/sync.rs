@@ -4,12 +4,12 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
+use crate::anthropic::ANTHROPIC_VERSION;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::input::check_model_name;
 use crate::routes::profiles::parse_profile_id;
-use crate::routes::proxy::ANTHROPIC_VERSION;
 use crate::store::{self, Lock};
 
 /// Anthropic lists models in pages; a provider with more than this many is not plausible.
