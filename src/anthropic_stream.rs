@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::sse;
@@ -191,8 +192,12 @@ impl Translator {
         if let Some(usage) = message.and_then(|m| m.get("usage")) {
             self.record_usage(usage);
         }
-        let delta = object(&[("role", string("assistant")), ("content", string(""))]);
-        self.chunk(&delta, None, out);
+        let delta = Delta {
+            role: Some("assistant"),
+            content: Some(""),
+            ..Delta::default()
+        };
+        self.chunk(delta, None, out);
     }
 
     fn content_block_start(&mut self, value: &Value, out: &mut Vec<u8>) {
@@ -208,23 +213,20 @@ impl Translator {
                 if let Some(index) = value.get("index").and_then(Value::as_u64) {
                     self.tool_calls.insert(index, i);
                 }
-                let function = object(&[("name", string(text("name"))), ("arguments", string(""))]);
-                let call = object(&[
-                    ("index", i.to_string()),
-                    (
-                        "id",
-                        string(&crate::anthropic::sanitize_tool_id(text("id"))),
-                    ),
-                    ("type", string("function")),
-                    ("function", function),
-                ]);
-                let delta = object(&[("tool_calls", format!("[{call}]"))]);
-                self.chunk(&delta, None, out);
+                let call = ToolCall {
+                    index: i,
+                    id: Some(crate::anthropic::sanitize_tool_id(text("id"))),
+                    kind: Some("function"),
+                    function: Function {
+                        name: Some(text("name")),
+                        arguments: "",
+                    },
+                };
+                self.chunk(Delta::tool_call(call), None, out);
             }
             // Anthropic opens text blocks empty; should one ever carry text, it is not lost.
             "text" if !text("text").is_empty() => {
-                let delta = object(&[("content", string(text("text")))]);
-                self.chunk(&delta, None, out);
+                self.chunk(Delta::content(text("text")), None, out);
             }
             "thinking" => {
                 let opening = serde_json::json!({
@@ -234,8 +236,7 @@ impl Translator {
                 });
                 self.start_thinking_block(value, opening);
                 if !text("thinking").is_empty() {
-                    let delta = object(&[("reasoning_content", string(text("thinking")))]);
-                    self.chunk(&delta, None, out);
+                    self.chunk(Delta::reasoning(text("thinking")), None, out);
                 }
             }
             // Nothing to show, but it must go back to Anthropic with the conversation.
@@ -251,25 +252,27 @@ impl Translator {
         };
         let text = |name| delta.get(name).and_then(Value::as_str).unwrap_or("");
         match text("type") {
-            "text_delta" => {
-                let delta = object(&[("content", string(text("text")))]);
-                self.chunk(&delta, None, out);
-            }
+            "text_delta" => self.chunk(Delta::content(text("text")), None, out),
             "input_json_delta" => {
                 let index = value.get("index").and_then(Value::as_u64);
                 // A delta for a block that never started as tool_use has nowhere to go.
                 let Some(&i) = index.and_then(|index| self.tool_calls.get(&index)) else {
                     return;
                 };
-                let function = object(&[("arguments", string(text("partial_json")))]);
-                let call = object(&[("index", i.to_string()), ("function", function)]);
-                let delta = object(&[("tool_calls", format!("[{call}]"))]);
-                self.chunk(&delta, None, out);
+                let call = ToolCall {
+                    index: i,
+                    id: None,
+                    kind: None,
+                    function: Function {
+                        name: None,
+                        arguments: text("partial_json"),
+                    },
+                };
+                self.chunk(Delta::tool_call(call), None, out);
             }
             "thinking_delta" => {
                 self.extend_thinking_block(value, "thinking", text("thinking"));
-                let delta = object(&[("reasoning_content", string(text("thinking")))]);
-                self.chunk(&delta, None, out);
+                self.chunk(Delta::reasoning(text("thinking")), None, out);
             }
             // Only in the finish chunk's thinking_blocks.
             "signature_delta" => self.extend_thinking_block(value, "signature", text("signature")),
@@ -316,32 +319,33 @@ impl Translator {
             self.record_usage(usage);
         }
         // Sent once: a repeated message_delta does not repeat the blocks.
-        let delta = match self.thinking.take() {
-            Some(thinking) if !thinking.blocks.is_empty() => {
-                object(&[("thinking_blocks", Value::Array(thinking.blocks).to_string())])
-            }
-            _ => "{}".to_owned(),
+        let delta = Delta {
+            thinking_blocks: self
+                .thinking
+                .take()
+                .map(|thinking| thinking.blocks)
+                .filter(|blocks| !blocks.is_empty()),
+            ..Delta::default()
         };
-        self.chunk(&delta, Some(reason), out);
+        self.chunk(delta, Some(reason), out);
     }
 
     fn message_stop(&mut self, out: &mut Vec<u8>) {
         if self.include_usage {
             let usage = self.usage().unwrap_or_default();
-            let cached = object(&[(
-                "cached_tokens",
-                self.cache_read_input_tokens.unwrap_or(0).to_string(),
-            )]);
-            let usage = object(&[
-                ("prompt_tokens", usage.prompt_tokens.to_string()),
-                ("completion_tokens", usage.completion_tokens.to_string()),
-                ("total_tokens", usage.total_tokens().to_string()),
-                ("prompt_tokens_details", cached),
-            ]);
-            let mut fields = self.envelope();
-            fields.push(("choices", "[]".to_owned()));
-            fields.push(("usage", usage));
-            out.extend_from_slice(sse::data_event(&object(&fields)).as_bytes());
+            let chunk = Chunk {
+                choices: Vec::new(),
+                usage: Some(ChunkUsage {
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    total_tokens: usage.total_tokens(),
+                    prompt_tokens_details: CachedTokens {
+                        cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
+                    },
+                }),
+                ..self.envelope()
+            };
+            write_event(&chunk, out);
         }
         out.extend_from_slice(DONE);
         self.done = true;
@@ -364,40 +368,41 @@ impl Translator {
         }
     }
 
-    /// The fields every chunk starts with.
-    fn envelope(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("id", string(&self.id)),
-            ("object", string("chat.completion.chunk")),
-            ("created", self.created.to_string()),
-            ("model", string(&self.model)),
-        ]
+    /// A chunk with this answer's id, created and model, and no choices yet.
+    fn envelope(&self) -> Chunk<'_> {
+        Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: Vec::new(),
+            usage: None,
+        }
     }
 
-    fn chunk(&mut self, delta: &str, finish_reason: Option<&str>, out: &mut Vec<u8>) {
-        let choice = object(&[
-            ("index", "0".to_owned()),
-            ("delta", delta.to_owned()),
-            (
-                "finish_reason",
-                finish_reason.map_or("null".to_owned(), string),
-            ),
-        ]);
-        let mut fields = self.envelope();
-        fields.push(("choices", format!("[{choice}]")));
-        out.extend_from_slice(sse::data_event(&object(&fields)).as_bytes());
+    fn chunk(&mut self, delta: Delta<'_>, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+        let chunk = Chunk {
+            choices: vec![Choice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
+            ..self.envelope()
+        };
+        write_event(&chunk, out);
         self.sent_chunk = true;
     }
 
     /// Sends an OpenAI-shaped error event and ends the stream.
     fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        let error = object(&[
-            ("message", string(message)),
-            ("type", string(kind)),
-            ("code", "null".to_owned()),
-        ]);
-        let body = object(&[("error", error)]);
-        out.extend_from_slice(sse::data_event(&body).as_bytes());
+        let body = ErrorEvent {
+            error: ErrorBody {
+                message,
+                kind,
+                code: None,
+            },
+        };
+        write_event(&body, out);
         self.done = true;
         self.error = Some(format!("{kind}: {message}"));
     }
@@ -408,25 +413,112 @@ impl Translator {
     }
 }
 
-/// Writes a JSON object from already-encoded values, keys in the order given: serde_json's
-/// map would sort them, and OpenAI's own order (`id` first) is what people read in logs.
-fn object(fields: &[(&str, String)]) -> String {
-    let mut json = String::from("{");
-    for (n, (key, value)) in fields.iter().enumerate() {
-        if n > 0 {
-            json.push(',');
-        }
-        json.push_str(&string(key));
-        json.push(':');
-        json.push_str(value);
-    }
-    json.push('}');
-    json
+/// Appends one `data:` event holding `payload` as JSON.
+fn write_event(payload: &impl Serialize, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut *out, payload).expect("a chunk serializes");
+    out.extend_from_slice(b"\n\n");
 }
 
-/// Encodes a JSON string.
-fn string(text: &str) -> String {
-    Value::from(text).to_string()
+// The shapes of OpenAI's stream chunks. Keys come in the order of the fields (OpenAI's own
+// order, `id` first, which is what people read in logs); absent options are left out.
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<Choice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ChunkUsage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCall<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_blocks: Option<Vec<Value>>,
+}
+
+impl<'a> Delta<'a> {
+    fn content(text: &'a str) -> Delta<'a> {
+        Delta {
+            content: Some(text),
+            ..Delta::default()
+        }
+    }
+
+    fn reasoning(text: &'a str) -> Delta<'a> {
+        Delta {
+            reasoning_content: Some(text),
+            ..Delta::default()
+        }
+    }
+
+    fn tool_call(call: ToolCall<'a>) -> Delta<'a> {
+        Delta {
+            tool_calls: Some([call]),
+            ..Delta::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: Function<'a>,
+}
+
+#[derive(Serialize)]
+struct Function<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChunkUsage {
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+    prompt_tokens_details: CachedTokens,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: i64,
+}
+
+#[derive(Serialize)]
+struct ErrorEvent<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: Option<&'a str>,
 }
 
 #[cfg(test)]
