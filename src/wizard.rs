@@ -56,8 +56,10 @@ OPTIONS:
                           [openai: https://api.openai.com/v1, anthropic: https://api.anthropic.com;
                            required for openai_compatible]
     --api-key KEY         the provider's API key (required; never printed). Other local users
-                          can see command-line flags while the wizard runs: on a shared machine,
-                          answer the question instead.
+                          can see command-line flags while the wizard runs, and the shell keeps
+                          them in its history: prefer one of the next two
+    --api-key-env NAME    read the API key from the environment variable NAME
+    --api-key-file PATH   read the API key from a file; `-` reads standard input (with --yes)
     --model NAME          the model to make active
                           [openai: gpt-4o-mini, anthropic: claude-sonnet-4-5;
                            required for openai_compatible]
@@ -147,10 +149,24 @@ impl Flags {
         let profile_name = value("--profile-name", check_profile_name)?;
         let base_url = value("--base-url", check_base_url)?;
         let api_key = value("--api-key", check_api_key)?;
+        // Where the key is, not the key: checked once it is read.
+        let api_key_env = value("--api-key-env", |v| Ok(v.to_string()))?;
+        let api_key_file = value("--api-key-file", |v| Ok(v.to_string()))?;
         let model = value("--model", check_model)?;
         let agent_id = value("--agent-id", check_agent)?;
         let url = value("--url", check_server_url)?;
         let env_file = value("--env-file", check_path)?.map(PathBuf::from);
+        let yes = args.contains(["-y", "--yes"]);
+        let api_key = match (api_key, api_key_env, api_key_file) {
+            (key, None, None) => key,
+            (None, Some(name), None) => Some(api_key_from_env(&name)?),
+            (None, None, Some(path)) => Some(api_key_from_file(&path, yes)?),
+            _ => {
+                return Err(
+                    "give the API key one way: --api-key, --api-key-env or --api-key-file".into(),
+                )
+            }
+        };
         let flags = Flags {
             provider_type,
             profile_name,
@@ -162,7 +178,7 @@ impl Flags {
             env_file,
             sync_models: args.contains("--sync-models"),
             no_docker: args.contains("--no-docker"),
-            yes: args.contains(["-y", "--yes"]),
+            yes,
         };
         if let Some(extra) = args.finish().first() {
             let extra = extra.to_string_lossy();
@@ -224,6 +240,37 @@ fn check_api_key(raw: &str) -> Result<String, String> {
     } else {
         Ok(key.to_string())
     }
+}
+
+/// `--api-key-env NAME`: the key from an environment variable, out of the command line and
+/// the shell history.
+fn api_key_from_env(name: &str) -> Result<String, String> {
+    let raw = std::env::var(name).map_err(|_| {
+        format!("--api-key-env: the environment variable {name} is not set (or not UTF-8)")
+    })?;
+    check_api_key(&raw).map_err(|e| format!("--api-key-env {name}: {e}"))
+}
+
+/// `--api-key-file PATH`: the key from a file, or from standard input with `-` (which the
+/// questions would read too, so only with `--yes`). Surrounding whitespace and the final
+/// newline are not part of the key.
+fn api_key_from_file(path: &str, yes: bool) -> Result<String, String> {
+    let raw = if path == "-" {
+        if !yes {
+            return Err(
+                "--api-key-file -: reading the key from standard input needs --yes \
+                 (the questions read standard input too)"
+                    .into(),
+            );
+        }
+        let mut raw = String::new();
+        io::Read::read_to_string(&mut io::stdin().lock(), &mut raw)
+            .map_err(|e| format!("--api-key-file -: cannot read standard input: {e}"))?;
+        raw
+    } else {
+        fs::read_to_string(path).map_err(|e| format!("--api-key-file {path}: {e}"))?
+    };
+    check_api_key(&raw).map_err(|e| format!("--api-key-file {path}: {e}"))
 }
 
 fn check_model(raw: &str) -> Result<String, String> {

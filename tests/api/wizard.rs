@@ -426,3 +426,91 @@ fn stdin_that_ends_mid_question_is_a_clear_error_and_writes_nothing() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
 }
+
+/// `--api-key-file PATH`, `--api-key-file -` (standard input) and `--api-key-env NAME`: the
+/// key reaches the profile (the provider gets it) and is never printed.
+#[test]
+fn the_wizard_reads_the_api_key_from_a_file_standard_input_or_the_environment() {
+    let app = TestApp::spawn();
+    let upstream = FakeUpstream::start(|_| Answer::Json(200, json!({"choices": []})));
+    let dir = dir_with_env(&env_with_test_keys());
+    let key_file = dir.join("provider.key");
+    let args = |source: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--no-docker",
+            "--yes",
+            "--url",
+            &app.url,
+            "--profile-name",
+            "p1",
+            "--provider-type",
+            "openai_compatible",
+            "--base-url",
+            &upstream.url,
+            "--agent-id",
+            "bot",
+            "--model",
+            "m1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(source.iter().map(|s| s.to_string()));
+        args
+    };
+    let sent_key = || {
+        let r = app
+            .agent("POST", "/v1/chat/completions")
+            .header("x-agent-id", "bot")
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        upstream.last().header("authorization").unwrap().to_string()
+    };
+
+    let from_file = "sk-from-a-file-7c1e";
+    fs::write(&key_file, format!("{from_file}\n")).unwrap();
+    let path = key_file.to_str().unwrap();
+    let mut run = args(&["--api-key-file"]);
+    run.push(path.to_string());
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard(&dir, &run, "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!format!("{out:?}").contains(from_file), "{out:?}");
+    assert_eq!(sent_key(), format!("Bearer {from_file}"));
+
+    let from_stdin = "sk-from-standard-input-2b9d";
+    let run = args(&["--api-key-file", "-"]);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard(&dir, &run, &format!("{from_stdin}\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!format!("{out:?}").contains(from_stdin), "{out:?}");
+    assert_eq!(sent_key(), format!("Bearer {from_stdin}"));
+
+    let from_env = "sk-from-the-environment-5a0f";
+    let run = args(&["--api-key-env", "PROVIDER_KEY"]);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard_with_env(&dir, &run, "", &[("PROVIDER_KEY", from_env)]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!format!("{out:?}").contains(from_env), "{out:?}");
+    assert_eq!(sent_key(), format!("Bearer {from_env}"));
+
+    // Refusals name the flag, never a key.
+    let run = args(&["--api-key-env", "NOT_SET_ANYWHERE"]);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard(&dir, &run, "");
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("NOT_SET_ANYWHERE"), "{out:?}");
+    let run = args(&["--api-key", "sk-two-ways", "--api-key-file", "-"]);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard(&dir, &run, "sk-two-ways\n");
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("one way"), "{out:?}");
+    assert!(!out.stderr.contains("sk-two-ways"), "{out:?}");
+    let missing = dir.join("no-such.key");
+    let mut run = args(&["--api-key-file"]);
+    run.push(missing.to_str().unwrap().to_string());
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = wizard(&dir, &run, "");
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("no-such.key"), "{out:?}");
+}
