@@ -18,6 +18,8 @@ pub mod http;
 pub mod input;
 pub mod journal;
 pub mod migrate;
+pub mod responses;
+pub mod responses_stream;
 pub mod routes;
 pub mod server;
 pub mod signals;
