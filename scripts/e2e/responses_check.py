@@ -110,17 +110,14 @@ def sdk_checks():
 
 def codex(agent, prompt, home):
     os.makedirs(home, exist_ok=True)
+    # The README's provider block, as written, pointed at this server and agent.
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = readme[readme.index("## Using it from Codex CLI"):]
+    block = section[section.index("```toml\n") + 8:]
+    block = block[:block.index("```")]
+    check("http://localhost:8080/v1" in block and "codex-alice" in block, "README's Codex block")
     with open(os.path.join(home, "config.toml"), "w") as f:
-        f.write(f'''model = "whatever-the-switch-says"
-model_provider = "switcher"
-
-[model_providers.switcher]
-name = "switcher-api"
-base_url = "{URL}/v1"
-env_key = "ROUTER_AGENT_KEY"
-wire_api = "responses"
-http_headers = {{ "x-agent-id" = "{agent}" }}
-''')
+        f.write(block.replace("http://localhost:8080/v1", f"{URL}/v1").replace("codex-alice", agent))
     proj = os.path.join(WORK, f"proj-{agent}")
     os.makedirs(proj, exist_ok=True)
     env = dict(os.environ, CODEX_HOME=home, ROUTER_AGENT_KEY=KEY)
