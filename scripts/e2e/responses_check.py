@@ -149,6 +149,20 @@ def codex_checks():
     check(FINAL in out, f"codex (compat) printed {out!r}")
     log("codex through an openai_compatible profile ran exec_command and ended with the final answer")
 
+    before = len(recorded())
+    out = codex("codex-claude", "run the echo command", os.path.join(WORK, "codex-home-claude"))
+    seen = [s["body"] for s in recorded()[before:] if s["path"] == "/v1/messages"]
+    check(len(seen) >= 2, f"codex (claude) made {len(seen)} upstream calls")
+    turns = seen[-1]["messages"]
+    assistant = [m for m in turns if m["role"] == "assistant"]
+    check(assistant and assistant[-1]["content"][0] == {"type": "thinking", "thinking": "Let me think.",
+                                                         "signature": SIGNATURE},
+          f"Claude's signed thinking did not come back through Codex: {assistant}")
+    results = [b for m in turns if isinstance(m["content"], list) for b in m["content"] if b.get("type") == "tool_result"]
+    check(results and "codex-ran-this" in json.dumps(results), f"tool result through Codex: {results}")
+    check("hello from the claude fake" in out, f"codex (claude) printed {out!r}")
+    log("codex through an anthropic profile: exec_command ran, signed thinking came back unchanged")
+
 
 sdk_checks()
 if CODEX:

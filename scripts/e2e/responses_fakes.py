@@ -97,7 +97,9 @@ def anthropic_answer(body):
                      for m in body.get("messages", []))
     blocks = [{"type": "thinking", "thinking": "Let me think.", "signature": SIGNATURE}]
     if tools and not has_result:
-        blocks.append({"type": "tool_use", "id": "toolu_fake1", "name": tools[0]["name"], "input": {"city": "Paris"}})
+        name = "exec_command" if any(t["name"] == "exec_command" for t in tools) else tools[0]["name"]
+        args = {"cmd": "echo codex-ran-this"} if name == "exec_command" else {"city": "Paris"}
+        blocks.append({"type": "tool_use", "id": "toolu_fake1", "name": name, "input": args})
         stop = "tool_use"
     else:
         blocks.append({"type": "text", "text": "hello from the claude fake"})
