@@ -118,9 +118,14 @@ impl Body {
 /// Caps `max_tokens` at the model's limit, or sets it to that limit when the client gave
 /// none (Anthropic requires it).
 pub fn cap_max_tokens(body: &mut Body, cap: i64) {
-    match body.value("max_tokens") {
+    cap_field(body, "max_tokens", cap);
+}
+
+/// Caps a top-level limit `field` at `cap`, or sets it to `cap` when absent.
+pub fn cap_field(body: &mut Body, field: &str, cap: i64) {
+    match body.value(field) {
         Some(Value::Number(n)) if n.as_f64().is_some_and(|n| n <= cap as f64) => {}
-        _ => body.set("max_tokens", &Value::from(cap)),
+        _ => body.set(field, &Value::from(cap)),
     }
 }
 

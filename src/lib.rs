@@ -18,6 +18,8 @@ mod http;
 mod input;
 pub mod journal;
 mod migrate;
+mod responses;
+mod responses_stream;
 mod routes;
 mod server;
 pub mod signals;

@@ -9,6 +9,7 @@ pub mod models;
 pub mod profiles;
 pub mod proxy;
 pub mod requests;
+pub mod responses;
 pub mod sync;
 
 use crate::app::App;
@@ -41,6 +42,7 @@ pub enum Endpoint {
     ChatCompletions,
     Messages,
     CountTokens,
+    Responses,
 }
 
 impl Endpoint {
@@ -52,6 +54,7 @@ impl Endpoint {
             | Endpoint::ChatCompletions
             | Endpoint::Messages
             | Endpoint::CountTokens
+            | Endpoint::Responses
             | Endpoint::Console(_) => Access::Public,
             Endpoint::ListProfiles
             | Endpoint::CreateProfile
@@ -137,6 +140,8 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
         (["v1", "messages"], _) => not_allowed("POST"),
         (["v1", "messages", "count_tokens"], "POST") => Ok(Endpoint::CountTokens),
         (["v1", "messages", "count_tokens"], _) => not_allowed("POST"),
+        (["v1", "responses"], "POST") => Ok(Endpoint::Responses),
+        (["v1", "responses"], _) => not_allowed("POST"),
 
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     }
@@ -171,6 +176,7 @@ pub fn dispatch(
         Endpoint::ChatCompletions => proxy::chat_completions(app, req),
         Endpoint::Messages => messages::messages(app, req),
         Endpoint::CountTokens => messages::count_tokens(app, req),
+        Endpoint::Responses => responses::responses(app, req),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_agent_id, Fields};
 use crate::journal::Journal;
+use crate::responses_stream;
 use crate::sse;
 use crate::state::{no_active_model, ProviderType, Route, Snapshot};
 use crate::upstream::{Answer, Streaming};
@@ -337,7 +338,7 @@ fn apply_max_tokens(body: &mut Map<String, Value>, cap: i64, provider_type: Prov
     }
 }
 
-fn anthropic_call(
+pub(super) fn anthropic_call(
     route: &Route,
     body: Map<String, Value>,
     api_key: &str,
@@ -531,6 +532,14 @@ pub(super) enum Translate {
         watcher: anthropic_passthrough::Watcher,
         failure: Option<String>,
     },
+    /// Responses client (`/v1/responses`) of a chat upstream; from an Anthropic upstream
+    /// the events first become chat chunks (`anthropic`), then Responses events.
+    Responses {
+        anthropic: Option<Box<anthropic_stream::Translator>>,
+        responses: Box<responses_stream::Translator>,
+    },
+    /// Responses client of an `openai` profile: bytes relayed as they are, watched.
+    ResponsesPassthrough(responses_stream::Watcher),
 }
 
 impl Translate {
@@ -539,6 +548,20 @@ impl Translate {
             Translate::Anthropic(t) => t.feed(bytes),
             Translate::Inbound(t) => t.feed(bytes),
             Translate::AnthropicPassthrough { watcher, .. } => {
+                watcher.feed(bytes);
+                bytes.to_vec()
+            }
+            Translate::Responses {
+                anthropic,
+                responses,
+            } => match anthropic {
+                Some(a) => {
+                    let chunks = a.feed(bytes);
+                    responses.feed(&chunks)
+                }
+                None => responses.feed(bytes),
+            },
+            Translate::ResponsesPassthrough(watcher) => {
                 watcher.feed(bytes);
                 bytes.to_vec()
             }
@@ -577,7 +600,21 @@ impl Translate {
                 *failure = Some(message.into());
                 anthropic_inbound::error_event(message)
             }
-            Translate::Passthrough { .. } => Vec::new(),
+            Translate::Responses {
+                anthropic,
+                responses,
+            } => {
+                let mut out = match anthropic {
+                    Some(a) => {
+                        let chunks = a.finish();
+                        responses.feed(&chunks)
+                    }
+                    None => Vec::new(),
+                };
+                out.extend(responses.finish());
+                out
+            }
+            Translate::ResponsesPassthrough(_) | Translate::Passthrough { .. } => Vec::new(),
         }
     }
 
@@ -586,6 +623,8 @@ impl Translate {
         match self {
             Translate::Inbound(t) => t.broken(&e.message()),
             Translate::AnthropicPassthrough { .. } => anthropic_inbound::error_event(&e.message()),
+            Translate::Responses { responses, .. } => responses.broken(&e.message()),
+            Translate::ResponsesPassthrough(_) => Vec::new(),
             Translate::Anthropic(_) | Translate::Passthrough { .. } => {
                 sse::data_event(&e.body().to_string()).into_bytes()
             }
@@ -602,6 +641,14 @@ impl Translate {
                 .or_else(|| watcher.error().map(str::to_string)),
             // Relayed as it came: an OpenAI-type stream that ends without `[DONE]` is passed
             // on as it is (some compatible servers never send it), but the audit notes it.
+            Translate::Responses { responses, .. } => responses.error().map(str::to_string),
+            Translate::ResponsesPassthrough(w) => match w.error() {
+                Some(e) => Some(e.to_string()),
+                None if !w.is_done() => {
+                    Some("the upstream stream ended before response.completed".into())
+                }
+                None => None,
+            },
             Translate::Passthrough { done: false, .. } => {
                 Some("the upstream stream ended without [DONE]".into())
             }
@@ -614,6 +661,8 @@ impl Translate {
             Translate::Anthropic(t) => t.is_done(),
             Translate::Inbound(t) => t.is_done(),
             Translate::AnthropicPassthrough { watcher, .. } => watcher.is_done(),
+            Translate::Responses { responses, .. } => responses.is_done(),
+            Translate::ResponsesPassthrough(w) => w.is_done(),
             Translate::Passthrough { done, .. } => *done,
         }
     }
@@ -623,6 +672,13 @@ impl Translate {
             Translate::Anthropic(t) => t.usage(),
             Translate::Inbound(t) => t.usage(),
             Translate::AnthropicPassthrough { watcher, .. } => watcher.usage(),
+            Translate::Responses {
+                anthropic,
+                responses,
+            } => responses
+                .usage()
+                .or_else(|| anthropic.as_ref().and_then(|a| a.usage())),
+            Translate::ResponsesPassthrough(w) => w.usage(),
             Translate::Passthrough { usage, .. } => *usage,
         }
     }
@@ -680,9 +736,13 @@ pub(super) fn stream_reply(
             record.error = if client_gone.is_some() {
                 Some("the client went away before the stream ended".into())
             } else {
-                failure.or_else(|| relay.error()).map(|e| {
-                    String::from_utf8_lossy(&redact(e.into_bytes(), &api_key)).into_owned()
-                })
+                failure
+                    .or_else(|| relay.error())
+                    .map(|e| {
+                        String::from_utf8_lossy(&redact(e.into_bytes(), &api_key)).into_owned()
+                    })
+                    // A note made before the stream began (tools dropped), when nothing failed.
+                    .or_else(|| record.error.take())
             };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);

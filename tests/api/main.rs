@@ -9,6 +9,7 @@ mod lifecycle;
 mod messages;
 mod operator;
 mod proxy;
+mod responses;
 mod streaming;
 mod tls;
 mod wizard;
