@@ -26,6 +26,8 @@ pub struct App {
     pub connections: Arc<tiny_http::ConnectionCounters>,
     /// Agent key uses waiting to be written to `last_used_at`.
     pub key_usage: KeyUsage,
+    /// The counters `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -42,6 +44,7 @@ impl App {
             upstream,
             connections: Arc::default(),
             key_usage: KeyUsage::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::log::Level;
+use crate::log::{Format, Level};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@localhost:5432/switcher";
 
@@ -36,6 +36,10 @@ pub struct Config {
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
     pub log_level: Level,
+    /// `LOG_FORMAT`: plain lines, or one JSON object per line.
+    pub log_format: Format,
+    /// `METRICS_PUBLIC`: `/metrics` without a key.
+    pub metrics_public: bool,
     /// How long a stopping server waits for requests in flight.
     pub shutdown_grace: Duration,
     /// Where audit rows wait for the database; one instance per directory.
@@ -67,6 +71,8 @@ impl fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("metrics_public", &self.metrics_public)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("audit_journal_dir", &self.audit_journal_dir)
             .field("audit_journal_max_bytes", &self.audit_journal_max_bytes)
@@ -156,6 +162,19 @@ impl Config {
                 .ok_or_else(|| err("LOG_LEVEL", "must be one of error, warn, info, debug"))?,
         };
 
+        let log_format = match get("LOG_FORMAT") {
+            None => Format::Text,
+            Some(v) => {
+                Format::parse(&v).ok_or_else(|| err("LOG_FORMAT", "must be text or json"))?
+            }
+        };
+        let metrics_public = match get("METRICS_PUBLIC") {
+            None => false,
+            Some(v) => {
+                parse_bool(&v).ok_or_else(|| err("METRICS_PUBLIC", "must be true or false"))?
+            }
+        };
+
         let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
         let database = crate::db::parse_url(&database_url).map_err(|problem| {
             let problem = problem.strip_prefix("DATABASE_URL ").unwrap_or(&problem);
@@ -180,6 +199,8 @@ impl Config {
             db_pool_size,
             max_body_bytes,
             log_level,
+            log_format,
+            metrics_public,
             shutdown_grace: Duration::from_millis(grace_ms),
             audit_journal_dir: get("AUDIT_JOURNAL_DIR")
                 .unwrap_or_else(|| "./audit-journal".to_string())
@@ -377,6 +398,27 @@ mod tests {
         assert_eq!(e.variable, "DATABASE_URL");
         assert!(!e.to_string().contains("pw-secret-9"), "{e}");
         assert!(e.to_string().starts_with("DATABASE_URL has sslmode"), "{e}");
+    }
+
+    #[test]
+    fn log_format_and_metrics_public_are_read_and_checked() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = KEYS.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!((c.log_format, c.metrics_public), (Format::Text, false));
+        let c = with(&[("LOG_FORMAT", "JSON"), ("METRICS_PUBLIC", "true")]).unwrap();
+        assert_eq!((c.log_format, c.metrics_public), (Format::Json, true));
+        assert_eq!(
+            with(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            with(&[("METRICS_PUBLIC", "maybe")]).unwrap_err().variable,
+            "METRICS_PUBLIC"
+        );
     }
 
     #[test]

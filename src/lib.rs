@@ -3,10 +3,11 @@
 
 pub mod log;
 
-mod anthropic;
-mod anthropic_inbound;
+// The pure translators and the SSE parser are public for the property tests (tests/properties.rs).
+pub mod anthropic;
+pub mod anthropic_inbound;
 mod anthropic_passthrough;
-mod anthropic_stream;
+pub mod anthropic_stream;
 pub mod app;
 pub mod audit;
 mod auth;
@@ -17,13 +18,15 @@ mod error;
 mod http;
 mod input;
 pub mod journal;
+mod metrics;
 mod migrate;
+mod openapi;
 mod responses;
 mod responses_stream;
 mod routes;
 mod server;
 pub mod signals;
-mod sse;
+pub mod sse;
 pub mod startup;
 mod state;
 mod store;

@@ -1,10 +1,11 @@
-//! Plain line logging to stderr: a timestamp, a level and a message, nothing else.
+//! Line logging to stderr: a timestamp, a level and a message, as plain text or (with
+//! `LOG_FORMAT=json`) one JSON object per line; a request's line also has its fields.
 //!
 //! Callers are responsible for never passing a secret, a header value or a body here.
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,7 +37,29 @@ impl Level {
     }
 }
 
+/// How lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    pub fn parse(raw: &str) -> Option<Format> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static JSON: AtomicBool = AtomicBool::new(false);
+
+pub fn set_format(format: Format) {
+    JSON.store(format == Format::Json, Ordering::Relaxed);
+}
 
 pub fn set_level(level: Level) {
     MAX_LEVEL.store(level as u8, Ordering::Relaxed);
@@ -50,9 +73,92 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let line = format!("{} {:5} {}\n", rfc3339_now(), level.label(), args);
-    // One write call per line keeps lines from different workers whole.
+    let line = if JSON.load(Ordering::Relaxed) {
+        json_line(level, &args.to_string(), None)
+    } else {
+        format!("{} {:5} {}\n", rfc3339_now(), level.label(), args)
+    };
+    emit(&line);
+}
+
+/// One write call per line keeps lines from different workers whole.
+fn emit(line: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// What the log line of one answered request says. `agent`, `profile` and `model` are known
+/// for proxied requests only.
+#[derive(Debug, Default)]
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    /// Without its query string.
+    pub path: &'a str,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub agent: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    pub model: Option<&'a str>,
+}
+
+/// Logs one answered request at info level.
+pub fn request(r: &RequestLine<'_>) {
+    if !enabled(Level::Info) {
+        return;
+    }
+    let msg = format!("{} {} {}", r.method, r.path, r.status);
+    if JSON.load(Ordering::Relaxed) {
+        emit(&json_line(Level::Info, &msg, Some(r)));
+        return;
+    }
+    // Escaped: a decoded `%0a` in a path or a newline in an agent id must not forge a line.
+    let mut line = format!(
+        "{} {:5} {} {} {} {:.1}ms",
+        rfc3339_now(),
+        Level::Info.label(),
+        r.method,
+        r.path.escape_debug(),
+        r.status,
+        r.duration_ms
+    );
+    for (name, value) in [
+        ("agent", r.agent),
+        ("profile", r.profile),
+        ("model", r.model),
+    ] {
+        if let Some(v) = value {
+            line.push_str(&format!(" {name}={}", v.escape_debug()));
+        }
+    }
+    line.push('\n');
+    emit(&line);
+}
+
+fn json_line(level: Level, msg: &str, request: Option<&RequestLine<'_>>) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert("ts".into(), rfc3339_now().into());
+    object.insert("level".into(), level.label().to_ascii_lowercase().into());
+    object.insert("msg".into(), msg.into());
+    if let Some(r) = request {
+        object.insert("method".into(), r.method.into());
+        object.insert("path".into(), r.path.into());
+        object.insert("status".into(), r.status.into());
+        // Tenths of a millisecond are plenty, and keep the line short.
+        let ms = (r.duration_ms * 10.0).round() / 10.0;
+        object.insert("duration_ms".into(), ms.into());
+        for (name, value) in [
+            ("agent", r.agent),
+            ("profile", r.profile),
+            ("model", r.model),
+        ] {
+            object.insert(
+                name.into(),
+                value.map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+    }
+    let mut line = serde_json::Value::Object(object).to_string();
+    line.push('\n');
+    line
 }
 
 #[macro_export]
@@ -115,6 +221,35 @@ mod tests {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(1_795_674_585, 123), "2026-11-26T06:29:45.123Z");
+    }
+
+    #[test]
+    fn json_lines_are_one_object_with_the_request_fields() {
+        let r = RequestLine {
+            method: "POST",
+            path: "/v1/chat/completions\n{\"forged\":1}",
+            status: 200,
+            duration_ms: 12.345,
+            agent: Some("bot-1"),
+            profile: Some("prof"),
+            model: None,
+        };
+        let line = json_line(Level::Info, "POST /v1/chat/completions 200", Some(&r));
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 12.3);
+        assert_eq!(v["agent"], "bot-1");
+        assert_eq!(v["model"], serde_json::Value::Null);
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        let plain: serde_json::Value =
+            serde_json::from_str(&json_line(Level::Warn, "a \"quoted\" thing", None)).unwrap();
+        assert_eq!(plain["msg"], "a \"quoted\" thing");
+        assert!(plain.get("status").is_none());
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn load_config() -> Result<Config, String> {
     load_dotenv()?;
     let config = Config::from_env().map_err(|e| e.to_string())?;
     log::set_level(config.log_level);
+    log::set_format(config.log_format);
     Ok(config)
 }
 

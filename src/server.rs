@@ -206,6 +206,7 @@ fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool) {
 
 fn serve(app: &App, mut rq: Request) {
     let started = Instant::now();
+    crate::metrics::begin();
     let received_at = std::time::SystemTime::now();
     let method = rq.method().as_str().to_ascii_uppercase();
     let (path, query) = split_url(rq.url());
@@ -242,6 +243,12 @@ fn serve(app: &App, mut rq: Request) {
         }
     };
     let status = reply.status;
+    // Only the service's own 401s are refusals of a key (an upstream's is relayed as it came).
+    let refused_key = status == 401
+        && reply
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("x-switcher-error"));
     // A streamed body runs handler code while it is sent: a panic there must not take the
     // worker with it either.
     if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
@@ -250,12 +257,24 @@ fn serve(app: &App, mut rq: Request) {
             path.escape_debug()
         );
     }
-    // The path is escaped: a decoded `%0a` must not forge a log line.
-    crate::info!(
-        "{method} {} {status} {:.1}ms",
-        path.escape_debug(),
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+    let took = started.elapsed();
+    let done = crate::metrics::finish();
+    app.metrics
+        .request(app.metrics.route_index(&path), status, took);
+    if refused_key {
+        app.metrics.unauthorized();
+    }
+    app.metrics.exchange(&done, took);
+    let target = done.series.as_deref();
+    crate::log::request(&crate::log::RequestLine {
+        method: &method,
+        path: &path,
+        status,
+        duration_ms: took.as_secs_f64() * 1000.0,
+        agent: done.agent.as_deref(),
+        profile: target.map(|t| t.profile.as_str()),
+        model: target.map(|t| t.model.as_str()),
+    });
 }
 
 fn error_reply(method: &str, path: &str, e: &ApiError) -> Reply {
@@ -296,7 +315,11 @@ fn prepare(
         .iter()
         .find(|(n, _)| n == "authorization")
         .map(|(_, v)| v.as_str());
-    let who = auth::authorize(app, endpoint.access(), authorization)?;
+    let access = match endpoint {
+        Endpoint::Metrics if app.config.metrics_public => auth::Access::Public,
+        _ => endpoint.access(),
+    };
+    let who = auth::authorize(app, access, authorization)?;
     // Every declared body is read here, under the read deadline, even where the handler
     // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
     // deadline is gone, and a client that stalls its body would hold the worker forever.

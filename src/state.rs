@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::metrics::{ModelRegistry, ModelSeries};
 
 /// The contract's words for an agent with no state; messages go on to say what to do.
 pub const NO_ACTIVE_MODEL: &str = "No active model set for agent_id";
@@ -109,6 +110,9 @@ pub struct Snapshot {
     agent_keys: KeyIndex,
     /// The body of `GET /v1/models`, made once per load.
     models_body: Vec<u8>,
+    /// The metrics series of each routed model, by the address of its `Model` in this
+    /// snapshot, so that a request finds its series without a lock or a string key.
+    series: HashMap<usize, Arc<ModelSeries>>,
 }
 
 impl Snapshot {
@@ -137,6 +141,11 @@ impl Snapshot {
         snapshot
     }
 
+    /// The metrics series of a route of this snapshot.
+    pub fn series(&self, route: &Route) -> Option<Arc<ModelSeries>> {
+        self.series.get(&model_key(&route.model)).cloned()
+    }
+
     pub fn models_body(&self) -> &[u8] {
         &self.models_body
     }
@@ -144,6 +153,10 @@ impl Snapshot {
     pub fn agents(&self) -> usize {
         self.routes.len()
     }
+}
+
+fn model_key(model: &Arc<Model>) -> usize {
+    Arc::as_ptr(model) as usize
 }
 
 fn key_prefix(digest: &[u8; 32]) -> [u8; 8] {
@@ -173,6 +186,8 @@ pub struct State {
     /// never replaces a newer snapshot.
     tickets: AtomicU64,
     reloads: AtomicU64,
+    /// Every (profile, model) series ever loaded, for `/metrics`.
+    pub models: ModelRegistry,
 }
 
 impl Default for State {
@@ -190,6 +205,7 @@ impl State {
             }),
             tickets: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
+            models: ModelRegistry::default(),
         }
     }
 
@@ -215,7 +231,7 @@ impl State {
     /// load that began later was applied first).
     pub fn reload(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
-        let snapshot = load(client)?;
+        let snapshot = load(client, &self.models)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         if ticket > current.ticket {
             current.ticket = ticket;
@@ -228,7 +244,10 @@ impl State {
 
 /// Reads every routing table in one read-only, repeatable-read transaction, so the
 /// snapshot is consistent.
-fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
+fn load(
+    client: &mut postgres::Client,
+    registry: &ModelRegistry,
+) -> Result<Snapshot, postgres::Error> {
     let mut tx = client
         .build_transaction()
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -290,12 +309,16 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
     }
 
     let mut routes = HashMap::new();
+    let mut series = HashMap::new();
     for row in tx.query_typed(
         "SELECT agent_id, profile_id, model_id FROM agent_state",
         &[],
     )? {
         let (profile_id, model_id): (i64, i64) = (row.get(1), row.get(2));
         if let (Some(profile), Some(model)) = (profiles.get(&profile_id), models.get(&model_id)) {
+            series.entry(model_key(model)).or_insert_with(|| {
+                registry.series(&profile.name, &model.name, profile.provider_type)
+            });
             routes.insert(
                 row.get::<_, String>(0),
                 Route {
@@ -322,6 +345,7 @@ fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
         routes,
         agent_keys,
         models_body,
+        series,
     })
 }
 

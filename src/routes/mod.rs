@@ -5,6 +5,7 @@ pub mod agents;
 pub mod console;
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod models;
 pub mod profiles;
 pub mod proxy;
@@ -21,6 +22,8 @@ use crate::http::{decode_segment, Reply, Req};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Healthz,
+    Metrics,
+    OpenApi,
     ListProfiles,
     CreateProfile,
     UpdateProfile(String),
@@ -50,13 +53,16 @@ impl Endpoint {
         match self {
             // The proxy authorizes inside its handler, so that refusals are audited too.
             Endpoint::Healthz
+            | Endpoint::OpenApi
             | Endpoint::V1Models
             | Endpoint::ChatCompletions
             | Endpoint::Messages
             | Endpoint::CountTokens
             | Endpoint::Responses
             | Endpoint::Console(_) => Access::Public,
-            Endpoint::ListProfiles
+            // Unless METRICS_PUBLIC=true (the server decides).
+            Endpoint::Metrics
+            | Endpoint::ListProfiles
             | Endpoint::CreateProfile
             | Endpoint::UpdateProfile(_)
             | Endpoint::DeleteProfile(_)
@@ -91,6 +97,10 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
     match (segments.as_slice(), method) {
         (["healthz"], "GET") => Ok(Endpoint::Healthz),
         (["healthz"], _) => not_allowed("GET"),
+        (["metrics"], "GET") => Ok(Endpoint::Metrics),
+        (["metrics"], _) => not_allowed("GET"),
+        (["openapi.json"], "GET") => Ok(Endpoint::OpenApi),
+        (["openapi.json"], _) => not_allowed("GET"),
 
         (["admin", "profiles"], "GET") => Ok(Endpoint::ListProfiles),
         (["admin", "profiles"], "POST") => Ok(Endpoint::CreateProfile),
@@ -155,6 +165,8 @@ pub fn dispatch(
 ) -> Result<Reply, ApiError> {
     match endpoint {
         Endpoint::Healthz => health::healthz(app),
+        Endpoint::Metrics => Ok(metrics::metrics(app)),
+        Endpoint::OpenApi => Ok(metrics::openapi()),
         Endpoint::ListProfiles => profiles::list(app),
         Endpoint::CreateProfile => profiles::create(app, req),
         Endpoint::UpdateProfile(id) => profiles::update(app, id, req),

@@ -89,6 +89,7 @@ pub(super) fn serve(
     // A refused key leaves no row (anyone could fill the table with them).
     let who = auth::authorize_key(app, Access::Proxy, key)?;
     let agent_id = agent_of(&who, claimed)?;
+    crate::metrics::note_agent(&agent_id);
     app.journal.check_room()?;
     let mut record = RequestRecord {
         endpoint,
@@ -134,16 +135,21 @@ pub(super) fn serve(
     };
     record.status = reply.status;
     record.latency_ms = elapsed_ms(req.started);
+    note_usage(&record);
     app.journal.append(&record)?;
     Ok(with_target_headers(reply, record.target.as_ref()))
 }
 
 /// The agent's route and its profile's key, noted in the audit record.
 pub(super) fn resolve(app: &App, record: &mut RequestRecord) -> Result<(Route, String), ApiError> {
-    let route = loaded(app)?
+    let snapshot = loaded(app)?;
+    let route = snapshot
         .route(&record.agent_id)
         .cloned()
         .ok_or_else(|| ApiError::bad_request(no_active_model(&record.agent_id)))?;
+    if let Some(series) = snapshot.series(&route) {
+        crate::metrics::note_series(series);
+    }
     let profile = &route.profile;
     record.target = Some(Target {
         profile_name: profile.name.clone(),
@@ -163,11 +169,24 @@ pub(super) enum Sent {
     Stream(Streaming),
 }
 
-/// One whole upstream call.
+/// One whole upstream call, noted for `/metrics` (its status, or ours when it failed).
 pub(super) fn call(app: &App, call: &Call) -> Result<Answer, ApiError> {
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    app.upstream
-        .call("POST", &call.url, &headers, Some(&call.body))
+    let started = Instant::now();
+    let answer = app
+        .upstream
+        .call("POST", &call.url, &headers, Some(&call.body));
+    let status = answer.as_ref().map_or_else(ApiError::status, |a| a.status);
+    crate::metrics::note_upstream(status, started.elapsed());
+    answer
+}
+
+/// The token usage of a finished request, for `/metrics`.
+pub(super) fn note_usage(record: &RequestRecord) {
+    if let Some(u) = record.usage {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        crate::metrics::note_tokens(count(u.prompt_tokens), count(u.completion_tokens));
+    }
 }
 
 /// Calls the upstream, as a stream when `stream`.
@@ -176,7 +195,13 @@ pub(super) fn send(app: &App, call: &Call, stream: bool) -> Result<Sent, ApiErro
         return Ok(Sent::Whole(self::call(app, call)?));
     }
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let streaming = app.upstream.open_stream(&call.url, &headers, &call.body)?;
+    let started = Instant::now();
+    let opened = app.upstream.open_stream(&call.url, &headers, &call.body);
+    let status = opened.as_ref().map_or_else(ApiError::status, |s| s.status);
+    crate::metrics::note_upstream(status, started.elapsed());
+    let mut streaming = opened?;
+    // Reading the answer is waiting on the upstream too, not time spent in the service.
+    streaming.body = Box::new(crate::metrics::TimedRead(streaming.body));
     let is_event_stream = streaming.content_type.starts_with("text/event-stream");
     if !(200..300).contains(&streaming.status) || !is_event_stream {
         return Ok(Sent::Whole(read_whole(app, streaming)?));
@@ -746,6 +771,7 @@ pub(super) fn stream_reply(
             };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);
+            note_usage(&record);
             if let Err(e) = journal.append(&record) {
                 // Without its row the stream must not end as if complete.
                 return Err(std::io::Error::other(e.message()));

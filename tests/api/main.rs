@@ -7,6 +7,7 @@ mod control_plane;
 mod data_plane;
 mod lifecycle;
 mod messages;
+mod observability;
 mod operator;
 mod proxy;
 mod responses;
