@@ -138,6 +138,39 @@ pub enum Body {
     Stream(StreamFn),
 }
 
+/// A stream's bytes gathered into one body (for an HTTP/1.0 client), refused past `limit`
+/// with `FileTooLarge`.
+pub struct Capped {
+    pub data: Vec<u8>,
+    limit: usize,
+}
+
+impl Capped {
+    pub fn new(limit: usize) -> Capped {
+        Capped {
+            data: Vec::new(),
+            limit,
+        }
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.data.len() + buf.len() > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the stream is over the bound of one body",
+            ));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What a handler answers.
 pub struct Reply {
     pub status: u16,
