@@ -11,4 +11,5 @@ mod operator;
 mod proxy;
 mod streaming;
 mod tls;
+mod upstream_tls;
 mod wizard;
