@@ -331,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_body_refuses_the_write_that_would_pass_its_limit() {
+        let mut capped = Capped::new(5);
+        capped.write_all(b"abc").unwrap();
+        let e = capped.write_all(b"def").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(capped.data, b"abc");
+        capped.write_all(b"de").unwrap();
+        assert_eq!(capped.data, b"abcde");
+    }
+
+    #[test]
     fn a_body_over_the_limit_is_413() {
         let mut data: &[u8] = &[b'x'; 11];
         let e = read_body(&mut data, None, 10).unwrap_err();
