@@ -33,7 +33,7 @@ pub struct App {
 impl App {
     pub fn new(config: Config, db: Pool, journal: Arc<Journal>) -> App {
         let cipher = Cipher::new(&config.kms_key);
-        let upstream = Upstream::new(config.upstream_timeout, config.workers);
+        let upstream = Upstream::new(config.upstream_timeout, config.workers, &config.upstream_ca);
         App {
             config,
             db: Mutex::new((0, db)),

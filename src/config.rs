@@ -26,6 +26,8 @@ pub struct Config {
     pub kms_key_explicit: bool,
     pub require_agent_key_for_proxy: bool,
     pub upstream_timeout: Duration,
+    /// `UPSTREAM_CA_FILE`'s certificates (DER), trusted for upstream TLS besides the web roots.
+    pub upstream_ca: Vec<Vec<u8>>,
     /// How long a client may take to send a request's headers and body, from its first byte.
     pub request_read_timeout: Duration,
     /// How long a connection may wait for its next request before it is closed.
@@ -64,6 +66,7 @@ impl fmt::Debug for Config {
                 &self.require_agent_key_for_proxy,
             )
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("upstream_ca", &self.upstream_ca.len())
             .field("request_read_timeout", &self.request_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
@@ -174,6 +177,11 @@ impl Config {
                 parse_bool(&v).ok_or_else(|| err("METRICS_PUBLIC", "must be true or false"))?
             }
         };
+        let upstream_ca = match get("UPSTREAM_CA_FILE") {
+            None => Vec::new(),
+            Some(path) => crate::upstream::read_ca_file(std::path::Path::new(path.trim()))
+                .map_err(|problem| err("UPSTREAM_CA_FILE", problem))?,
+        };
 
         let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
         let database = crate::db::parse_url(&database_url).map_err(|problem| {
@@ -192,6 +200,7 @@ impl Config {
             kms_key_explicit,
             require_agent_key_for_proxy,
             upstream_timeout: Duration::from_millis(upstream_timeout_ms),
+            upstream_ca,
             request_read_timeout: Duration::from_millis(read_timeout_ms),
             idle_timeout: Duration::from_millis(idle_timeout_ms),
             max_connections,

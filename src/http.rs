@@ -135,6 +135,39 @@ pub enum Body {
     Stream(StreamFn),
 }
 
+/// A stream's bytes gathered into one body (for an HTTP/1.0 client), refused past `limit`
+/// with `FileTooLarge`.
+pub struct Capped {
+    pub data: Vec<u8>,
+    limit: usize,
+}
+
+impl Capped {
+    pub fn new(limit: usize) -> Capped {
+        Capped {
+            data: Vec::new(),
+            limit,
+        }
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.data.len() + buf.len() > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the stream is over the bound of one body",
+            ));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What a handler answers.
 pub struct Reply {
     pub status: u16,
@@ -292,6 +325,17 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%41"), "A");
+    }
+
+    #[test]
+    fn a_capped_body_refuses_the_write_that_would_pass_its_limit() {
+        let mut capped = Capped::new(5);
+        capped.write_all(b"abc").unwrap();
+        let e = capped.write_all(b"def").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(capped.data, b"abc");
+        capped.write_all(b"de").unwrap();
+        assert_eq!(capped.data, b"abcde");
     }
 
     #[test]

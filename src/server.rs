@@ -401,9 +401,22 @@ fn send_stream(
     if rq.http_version() == &tiny_http::HTTPVersion(1, 0) {
         // HTTP/1.0 has no chunked encoding, and tiny_http would keep the connection open
         // after a body that ends by closing it: such a client gets the events in one body.
-        let mut events = Vec::new();
-        write(&mut events)?;
-        let mut response = Response::from_data(events).with_status_code(status);
+        // Bounded like a whole answer: past it the client gets a 502 instead.
+        let mut events = crate::http::Capped::new(crate::upstream::MAX_ANSWER_BYTES);
+        match write(&mut events) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                let path = rq.url().split('?').next().unwrap_or_default().to_string();
+                let e = ApiError::BadGateway(format!(
+                    "upstream answer is larger than {} MiB",
+                    crate::upstream::MAX_ANSWER_BYTES >> 20
+                ));
+                send(rq, error_reply("POST", &path, &e));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let mut response = Response::from_data(events.data).with_status_code(status);
         for (n, v) in std::iter::once(("Content-Type", "text/event-stream"))
             .chain(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         {

@@ -1,24 +1,34 @@
-//! Calls to providers: shared ureq agents, every call bounded by `UPSTREAM_TIMEOUT_MS`,
-//! failures mapped to our own 502/504 without a URL or a key in the message.
+//! Calls to providers: one ureq agent whose keep-alive connections (TLS sessions resumed) are
+//! shared by whole calls and streams, every call bounded by `UPSTREAM_TIMEOUT_MS`, answers
+//! bounded in size, failures mapped to our own 502/504 without a URL or a key in the message.
 
-use std::error::Error as _;
 use std::io::{self, Read};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::error::ApiError;
 
-/// The most of an upstream answer we hold in memory (non-streaming).
-const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+/// The most of an upstream answer a worker holds in memory: a whole (non-streamed) answer, or
+/// a stream sent to an HTTP/1.0 client as one body. Past it the answer is a 502.
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
-/// The HTTP client for every provider. Cloning shares its connection pools.
+/// What is read of a stream after its last event, to reach the end of its body so that the
+/// connection can go back to the pool. An upstream that sends more is cut off instead.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Streams being drained at once (see `release`); past it a stream's connection is closed.
+const MAX_DRAINS: usize = 64;
+
+/// How long the end of a stream waits for its connection to be back in the pool.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+
+/// The HTTP client for every provider. Cloning shares its connection pool.
 #[derive(Clone)]
 pub struct Upstream {
-    /// Whole calls: pooled connections, each call under one deadline.
     agent: ureq::Agent,
-    /// Streams: a fresh connection each. ureq 2 clears a pooled socket's timeouts and only
-    /// sets the read timeout again once the body is read, so on a reused connection the wait
-    /// for the answer's head would be unbounded; a new connection has it from the start.
-    streams: ureq::Agent,
     timeout: Duration,
 }
 
@@ -32,43 +42,75 @@ pub struct Answer {
 pub struct Streaming {
     pub status: u16,
     pub content_type: String,
+    /// The body; each read is bounded by `UPSTREAM_TIMEOUT_MS`, the whole is not. Read to its
+    /// end, it gives the connection back to the pool; dropped before, it closes it.
     pub body: Box<dyn Read + Send>,
 }
 
 impl Upstream {
-    pub fn new(timeout: Duration, pool_per_host: usize) -> Upstream {
-        let builder = || {
-            ureq::AgentBuilder::new()
-                .timeout_connect(timeout)
-                // Per read: for streams this bounds the first byte and every gap between events.
-                .timeout_read(timeout)
-                .timeout_write(timeout)
-                .no_delay(true)
-                .redirects(0)
-                .user_agent(concat!("switcher-api/", env!("CARGO_PKG_VERSION")))
+    /// `extra_roots`: DER certificates trusted besides the bundled web roots.
+    pub fn new(timeout: Duration, pool_per_host: usize, extra_roots: &[Vec<u8>]) -> Upstream {
+        let roots = if extra_roots.is_empty() {
+            RootCerts::WebPki
+        } else {
+            let web = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned());
+            let extra = extra_roots
+                .iter()
+                .map(|der| Certificate::from_der(der).to_owned());
+            RootCerts::Specific(Arc::new(web.chain(extra).collect()))
         };
+        // Every timeout is set on the agent, none per request: a request-level configuration
+        // makes ureq build a fresh rustls configuration (no session resumption) for each new
+        // connection until the agent's own is cached. Whole calls get their overall deadline
+        // from `call` instead.
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .no_delay(true)
+            .user_agent(concat!("switcher-api/", env!("CARGO_PKG_VERSION")))
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .timeout_connect(Some(timeout))
+            .timeout_send_request(Some(timeout))
+            .timeout_send_body(Some(timeout))
+            // The wait for the answer's head, on a new or a reused connection alike.
+            .timeout_recv_response(Some(timeout))
+            // Per read: for a stream, every gap between events.
+            .timeout_per_read(Some(timeout))
+            .timeout_per_write(Some(timeout))
+            .max_idle_connections(pool_per_host * 4)
+            .max_idle_connections_per_host(pool_per_host)
+            .build();
         Upstream {
-            agent: builder()
-                .max_idle_connections(pool_per_host * 4)
-                .max_idle_connections_per_host(pool_per_host)
-                .build(),
-            streams: builder().max_idle_connections(0).build(),
+            agent: config.into(),
             timeout,
         }
     }
 
-    fn request(
-        agent: &ureq::Agent,
+    fn send(
+        &self,
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
-    ) -> ureq::Request {
-        headers
-            .iter()
-            .fold(agent.request(method, url), |r, (n, v)| r.set(n, v))
+        body: Option<&[u8]>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let result = match (method, body) {
+            ("GET", _) => headers
+                .iter()
+                .fold(self.agent.get(url), |r, (n, v)| r.header(*n, *v))
+                .call(),
+            (_, body) => headers
+                .iter()
+                .fold(self.agent.post(url), |r, (n, v)| r.header(*n, *v))
+                .send(body.unwrap_or_default()),
+        };
+        result.map_err(|e| describe(&e, self.timeout))
     }
 
-    /// A whole call (request and answer) within the timeout.
+    /// A whole call (request and answer) within the timeout; the answer at most
+    /// `MAX_ANSWER_BYTES`.
     pub fn call(
         &self,
         method: &str,
@@ -76,28 +118,37 @@ impl Upstream {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Answer, ApiError> {
-        let request = Self::request(&self.agent, method, url, headers).timeout(self.timeout);
-        let response = respond(match body {
-            Some(b) => request.send_bytes(b),
-            None => request.call(),
-        })?;
-        let status = response.status();
-        let body = self.read_body(&mut response.into_reader())?;
+        let deadline = Instant::now() + self.timeout;
+        let response = self.send(method, url, headers, body)?;
+        let status = response.status().as_u16();
+        let declared = declared_length(&response);
+        let mut reader = Deadline {
+            inner: response.into_body().into_reader(),
+            deadline,
+        };
+        let body = self.read_body(&mut reader, declared)?;
         Ok(Answer { status, body })
     }
 
-    /// Reads an answer's body whole, up to `MAX_RESPONSE_BYTES`.
-    pub fn read_body(&self, reader: &mut dyn Read) -> Result<Vec<u8>, ApiError> {
-        let mut body = Vec::new();
+    /// Reads an answer's body whole, up to `MAX_ANSWER_BYTES`; `declared` is its
+    /// `Content-Length`, when it has one.
+    pub fn read_body(
+        &self,
+        reader: &mut dyn Read,
+        declared: Option<u64>,
+    ) -> Result<Vec<u8>, ApiError> {
+        if declared.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return Err(too_large());
+        }
+        // A declared length is allocated once; otherwise the buffer doubles, which keeps it
+        // under twice the answer.
+        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
         reader
-            .take(MAX_RESPONSE_BYTES + 1)
+            .take(MAX_ANSWER_BYTES as u64 + 1)
             .read_to_end(&mut body)
             .map_err(|e| self.io_failure(&e))?;
-        if body.len() as u64 > MAX_RESPONSE_BYTES {
-            return Err(ApiError::BadGateway(format!(
-                "upstream answer is larger than {} MiB",
-                MAX_RESPONSE_BYTES >> 20
-            )));
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
         }
         Ok(body)
     }
@@ -110,69 +161,173 @@ impl Upstream {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Streaming, ApiError> {
-        let response =
-            respond(Self::request(&self.streams, "POST", url, headers).send_bytes(body))?;
+        let response = self.send("POST", url, headers, Some(body))?;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         Ok(Streaming {
-            status: response.status(),
-            content_type: response.content_type().to_string(),
-            body: Box::new(response.into_reader()),
+            status: response.status().as_u16(),
+            content_type,
+            body: Box::new(response.into_body().into_reader()),
         })
     }
 
     /// Maps a failure while reading an answer's body.
     pub fn io_failure(&self, e: &io::Error) -> ApiError {
         if is_timeout_io(e) {
-            self.timed_out()
-        } else {
-            ApiError::BadGateway(format!("upstream connection failed: {}", io_reason(e)))
+            return self.timed_out();
         }
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+            return describe(inner, self.timeout);
+        }
+        ApiError::BadGateway(format!("upstream connection failed: {}", io_reason(e)))
     }
 
     fn timed_out(&self) -> ApiError {
-        ApiError::GatewayTimeout(format!(
-            "upstream did not answer within {} ms (UPSTREAM_TIMEOUT_MS)",
-            self.timeout.as_millis()
-        ))
+        timed_out(self.timeout)
     }
 }
 
-/// Keeps every HTTP status as an answer; turns transport failures into 502/504.
-fn respond(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ApiError> {
-    match result {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => Ok(r),
-        Err(ureq::Error::Transport(t)) => Err(transport_failure(&t)),
+/// Gives a stream that already sent its last event back to the pool: what is left of its body
+/// (normally just the end of the chunked encoding) is read, so that ureq keeps the connection.
+///
+/// The reading is done on a thread of its own, waited for only briefly: an upstream that sends
+/// its last event and then keeps the body open must not hold the agent's answer back (the
+/// drain then goes on for at most `UPSTREAM_TIMEOUT_MS` and ends in a closed connection).
+pub fn release(mut body: Box<dyn Read + Send>) {
+    static DRAINING: AtomicUsize = AtomicUsize::new(0);
+    if DRAINING.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINS {
+        DRAINING.fetch_sub(1, Ordering::SeqCst);
+        return;
     }
-}
-
-fn transport_failure(t: &ureq::Transport) -> ApiError {
-    if t.kind() == ureq::ErrorKind::Dns {
-        return ApiError::BadGateway("upstream unreachable: its host name does not resolve".into());
-    }
-    let mut source = t.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if is_timeout_io(io) {
-                return ApiError::GatewayTimeout(
-                    "upstream did not answer in time (UPSTREAM_TIMEOUT_MS)".into(),
-                );
-            }
-            return ApiError::BadGateway(format!("upstream unreachable: {}", io_reason(io)));
+    let (done, drained) = mpsc::sync_channel::<()>(1);
+    let spawned = std::thread::Builder::new()
+        .name("upstream-drain".into())
+        .spawn(move || {
+            let mut rest = body.as_mut().take(DRAIN_LIMIT);
+            let _ = io::copy(&mut rest, &mut io::sink());
+            drop(body);
+            DRAINING.fetch_sub(1, Ordering::SeqCst);
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = drained.recv_timeout(DRAIN_WAIT);
         }
-        source = e.source();
+        Err(_) => {
+            DRAINING.fetch_sub(1, Ordering::SeqCst);
+        }
     }
-    // The kind's description never carries the URL (which is the profile's base_url).
-    let reason = match t.kind() {
-        ureq::ErrorKind::ConnectionFailed => "the connection failed",
-        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
+}
+
+/// Reads the extra CA certificates of `UPSTREAM_CA_FILE`: their DER, or why they are unusable.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => {
+                // The same check rustls makes when it builds the trust store, which would
+                // otherwise skip a bad certificate without a word.
+                let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+                rustls::RootCertStore::empty().add(der).map_err(|e| {
+                    format!(
+                        "holds a certificate that cannot be a trust anchor (certificate {}): {e}",
+                        certs.len() + 1
+                    )
+                })?;
+                certs.push(cert.der().to_vec());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("is not a valid PEM file: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
+/// The whole-call deadline, checked before each read (each read is bounded by the agent's
+/// per-read timeout too).
+struct Deadline<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn declared_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn too_large() -> ApiError {
+    ApiError::BadGateway(format!(
+        "upstream answer is larger than {} MiB",
+        MAX_ANSWER_BYTES >> 20
+    ))
+}
+
+fn timed_out(timeout: Duration) -> ApiError {
+    ApiError::GatewayTimeout(format!(
+        "upstream did not answer within {} ms (UPSTREAM_TIMEOUT_MS)",
+        timeout.as_millis()
+    ))
+}
+
+/// Turns a transport failure into a 502/504 whose message never carries the URL (which is the
+/// profile's base_url).
+fn describe(e: &ureq::Error, timeout: Duration) -> ApiError {
+    use ureq::Error as E;
+    let reason = match e {
+        E::Timeout(_) => return timed_out(timeout),
+        E::Io(io) if is_timeout_io(io) => return timed_out(timeout),
+        // rustls reports a failed handshake through the socket, as an I/O error.
+        E::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(tls) => tls_reason(tls),
+            None => io_reason(io),
+        },
+        E::HostNotFound => "its host name does not resolve",
+        E::ConnectionFailed => "the connection failed",
+        E::BadUri(_) | E::Http(_) | E::RequireHttpsOnly(_) => {
             "the profile's base_url is not a usable URL"
         }
-        ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader => "it answered invalid HTTP",
+        E::Protocol(_) | E::LargeResponseHeader(..) => "it answered invalid HTTP",
+        E::BodyExceedsLimit(_) => return too_large(),
+        E::Rustls(tls) => tls_reason(tls),
+        E::Tls(_) | E::Pem(_) => "the TLS handshake failed",
         _ => "the request failed",
     };
     ApiError::BadGateway(format!("upstream unreachable: {reason}"))
 }
 
+fn tls_reason(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(_) => {
+            "its TLS certificate is not trusted (a private CA goes in UPSTREAM_CA_FILE)"
+        }
+        _ => "the TLS handshake failed",
+    }
+}
+
 fn is_timeout_io(e: &io::Error) -> bool {
+    if let Some(ureq::Error::Timeout(_)) = e.get_ref().and_then(|i| i.downcast_ref()) {
+        return true;
+    }
     matches!(
         e.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
@@ -188,5 +343,52 @@ fn io_reason(e: &io::Error) -> &'static str {
         io::ErrorKind::BrokenPipe => "connection closed",
         io::ErrorKind::InvalidData => "invalid answer",
         _ => "I/O error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("switcher-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(read_ca_file(&empty)
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        let bad = dir.join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(read_ca_file(&bad).unwrap_err().contains("trust anchor"));
+        assert!(read_ca_file(&dir.join("missing.pem"))
+            .unwrap_err()
+            .contains("cannot be read"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_answer_over_the_bound_is_a_502_even_without_a_length() {
+        let upstream = Upstream::new(Duration::from_secs(1), 1, &[]);
+        let mut big = io::repeat(b'x').take(MAX_ANSWER_BYTES as u64 + 10);
+        assert_eq!(
+            upstream.read_body(&mut big, None).unwrap_err().status(),
+            502
+        );
+        let mut small: &[u8] = b"{}";
+        assert_eq!(
+            upstream
+                .read_body(&mut small, Some(MAX_ANSWER_BYTES as u64 + 1))
+                .unwrap_err()
+                .status(),
+            502
+        );
+        let mut small: &[u8] = b"{}";
+        assert_eq!(upstream.read_body(&mut small, Some(2)).unwrap(), b"{}");
     }
 }

@@ -24,9 +24,47 @@ impl Usage {
     }
 }
 
+/// The top-level `usage` object of a JSON answer, read without building the rest: every other
+/// field is skipped as it is scanned, so a large answer costs no more memory than its bytes.
+/// An error when the body is not JSON (JSON that is not an object has no usage).
+pub fn usage_field(body: &[u8]) -> Result<Option<serde_json::Value>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Top {
+        usage: Option<serde_json::Value>,
+    }
+    // A derived struct also reads from an array (`[1]` would be `usage: 1`).
+    let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !is_object {
+        return serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None);
+    }
+    match serde_json::from_slice::<Top>(body) {
+        Ok(top) => Ok(top.usage),
+        Err(e) if e.is_data() => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_the_top_level_only() {
+        let body = br#"{"choices":[{"usage":1,"message":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let usage = usage_field(body).unwrap().unwrap();
+        assert_eq!(
+            Usage::from_openai(&usage),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(usage_field(br#"{"id":"x"}"#).unwrap(), None);
+        assert!(usage_field(b"<html>").is_err());
+        assert_eq!(usage_field(b"[1]").unwrap(), None);
+    }
 
     #[test]
     fn the_total_of_huge_counts_saturates() {

@@ -169,19 +169,17 @@ fn pass_through(
     let call = anthropic_call(route, req, "/v1/messages", body.to_vec(), &api_key);
     match proxy::send(app, &call, stream)? {
         Sent::Whole(answer) => {
-            if !is_json(&answer.body) {
-                return Err(ApiError::BadGateway(format!(
+            // Only `usage` is read; the rest is scanned, not built.
+            let usage = crate::usage::usage_field(&answer.body).map_err(|_| {
+                ApiError::BadGateway(format!(
                     "upstream answered status {} with a body that is not JSON",
                     answer.status
-                )));
-            }
+                ))
+            })?;
             if (200..300).contains(&answer.status) {
-                record.usage = serde_json::from_slice::<Value>(&answer.body)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("usage")
-                            .and_then(crate::anthropic::usage_from_anthropic)
-                    });
+                record.usage = usage
+                    .as_ref()
+                    .and_then(crate::anthropic::usage_from_anthropic);
             }
             // The upstream's bytes, as they came (its key masked).
             let body = proxy::redact(answer.body, &api_key);

@@ -36,6 +36,15 @@ pub fn normalize_base_url(raw: &str) -> Result<String, ApiError> {
             "field `base_url` must be an http:// or https:// URL with a host (no query string)",
         ));
     }
+    // `user:pass@host` would be stored, listed and logged in plain text (and the message
+    // must not repeat it either).
+    let authority = rest.unwrap_or_default().split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(ApiError::bad_request(
+            "field `base_url` must not hold credentials (user:password@): they would be stored \
+             and listed in plain text; the key goes in `credentials.api_key`",
+        ));
+    }
     Ok(url.to_string())
 }
 
@@ -198,5 +207,14 @@ mod tests {
         ] {
             assert_eq!(normalize_base_url(bad).unwrap_err().status(), 400, "{bad}");
         }
+        for with_credentials in ["https://user:pass@api.example.com/v1", "http://tok@x"] {
+            let message = normalize_base_url(with_credentials).unwrap_err().message();
+            assert!(message.contains("`base_url`"), "{message}");
+            assert!(
+                !message.contains("example") && !message.contains("tok@"),
+                "{message}"
+            );
+        }
+        assert!(normalize_base_url("https://x.example/v1/@me").is_ok());
     }
 }

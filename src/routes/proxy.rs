@@ -23,7 +23,7 @@ use crate::journal::Journal;
 use crate::responses_stream;
 use crate::sse;
 use crate::state::{no_active_model, ProviderType, Route, Snapshot};
-use crate::upstream::{Answer, Streaming};
+use crate::upstream::{self, Answer, Streaming};
 use crate::usage::Usage;
 
 use crate::anthropic::ANTHROPIC_VERSION;
@@ -386,7 +386,7 @@ pub(super) fn anthropic_call(
 }
 
 pub(super) fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
-    let body = app.upstream.read_body(&mut streaming.body)?;
+    let body = app.upstream.read_body(&mut streaming.body, None)?;
     Ok(Answer {
         status: streaming.status,
         body,
@@ -399,15 +399,16 @@ fn finish_answer(
     answer: Answer,
     api_key: &str,
 ) -> Result<(Reply, Option<Usage>), ApiError> {
-    let parsed: Value = serde_json::from_slice(&answer.body).map_err(|_| {
+    let not_json = || {
         ApiError::BadGateway(format!(
             "upstream answered status {} with a body that is not JSON{}",
             answer.status,
             version_hint(route, answer.status).unwrap_or_default()
         ))
-    })?;
+    };
     let ok = (200..300).contains(&answer.status);
     if route.profile.provider_type == ProviderType::Anthropic {
+        let parsed: Value = serde_json::from_slice(&answer.body).map_err(|_| not_json())?;
         if !ok {
             let body = serde_json::to_vec(&anthropic::translate_error(&parsed)).unwrap_or_default();
             return Ok((Reply::raw_json(answer.status, redact(body, api_key)), None));
@@ -424,15 +425,15 @@ fn finish_answer(
         let body = anthropic::translate_response(&parsed, unix_now());
         return Ok((Reply::json(answer.status, &body), usage));
     }
-    if !ok {
-        return Ok((
-            Reply::raw_json(answer.status, redact(answer.body, api_key)),
-            None,
-        ));
-    }
-    let usage = parsed.get("usage").and_then(Usage::from_openai);
-    // The upstream's own bytes go back unchanged.
-    Ok((Reply::raw_json(answer.status, answer.body), usage))
+    // The upstream's own bytes go back unchanged (its key masked): only `usage` is read.
+    let usage = crate::usage::usage_field(&answer.body)
+        .map_err(|_| not_json())?
+        .filter(|_| ok)
+        .and_then(|u| Usage::from_openai(&u));
+    Ok((
+        Reply::raw_json(answer.status, redact(answer.body, api_key)),
+        usage,
+    ))
 }
 
 /// The short reason an upstream's error body gives (`error.message`, `error`, `message` or
@@ -501,6 +502,49 @@ pub(super) fn redact(body: Vec<u8>, secret: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `redact` for a body that comes in pieces: an occurrence of the key split across two reads
+/// is masked too. Only a tail that could be the start of the key is held back, until the next
+/// piece (or the end) shows whether it is.
+pub(super) struct Redactor {
+    secret: String,
+    held: Vec<u8>,
+}
+
+impl Redactor {
+    pub(super) fn new(secret: &str) -> Redactor {
+        Redactor {
+            secret: secret.to_string(),
+            held: Vec::new(),
+        }
+    }
+
+    pub(super) fn feed(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        if self.secret.len() < 6 {
+            return bytes;
+        }
+        let mut data = std::mem::take(&mut self.held);
+        if data.is_empty() {
+            data = bytes;
+        } else {
+            data.extend_from_slice(&bytes);
+        }
+        let mut out = redact(data, &self.secret);
+        let secret = self.secret.as_bytes();
+        if let Some(k) = (1..secret.len())
+            .rev()
+            .find(|&k| out.ends_with(&secret[..k]))
+        {
+            self.held = out.split_off(out.len() - k);
+        }
+        out
+    }
+
+    /// What was held back, once nothing more comes.
+    pub(super) fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
 }
 
 /// The checks every provider type gets, so that a malformed request is a 400 naming the
@@ -733,41 +777,60 @@ pub(super) fn stream_reply(
             let mut buf = vec![0u8; 16 * 1024];
             let mut client_gone = None;
             let mut failure = None;
+            let mut redactor = Redactor::new(&api_key);
+            let mut upstream_ended = false;
             loop {
-                let (bytes, upstream_ended) = match body.read(&mut buf) {
-                    Ok(0) => (relay.finish(), true),
-                    Ok(n) => (relay.feed(&buf[..n]), false),
+                let bytes = match body.read(&mut buf) {
+                    Ok(0) => {
+                        upstream_ended = true;
+                        relay.finish()
+                    }
+                    Ok(n) => relay.feed(&buf[..n]),
                     Err(e) => {
+                        upstream_ended = true;
                         let e = upstream.io_failure(&e);
                         failure = Some(e.message());
-                        (relay.broken(&e), true)
+                        relay.broken(&e)
                     }
                 };
-                // An error event may quote the key, as error bodies may.
-                let bytes = redact(bytes, &api_key);
+                // An error event may quote the key, as error bodies may; so may a model that
+                // was shown it, and one read may end in the middle of it.
+                let mut bytes = redactor.feed(bytes);
+                let last = upstream_ended || relay.is_done();
+                if last {
+                    bytes.extend(redactor.finish());
+                }
                 if !bytes.is_empty() {
                     if let Err(e) = out.write_all(&bytes) {
                         client_gone = Some(e);
                         break;
                     }
                 }
-                if upstream_ended || relay.is_done() {
+                if last {
                     break;
                 }
             }
-            // Dropping the reader closes the upstream connection, which also ends a generation
-            // the agent no longer reads.
-            drop(body);
-            record.error = if client_gone.is_some() {
-                Some("the client went away before the stream ended".into())
+            // A stream that gave its last event is read to its end, so that its connection
+            // goes back to the pool. Any other is dropped half-read, which closes its
+            // connection (and ends a generation the agent no longer reads).
+            if client_gone.is_none() && !upstream_ended {
+                upstream::release(body);
             } else {
-                failure
+                drop(body);
+            }
+            record.error = match &client_gone {
+                Some(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Some(format!(
+                    "the stream is larger than {} MiB, the most an HTTP/1.0 client gets in one body",
+                    upstream::MAX_ANSWER_BYTES >> 20
+                )),
+                Some(_) => Some("the client went away before the stream ended".into()),
+                None => failure
                     .or_else(|| relay.error())
                     .map(|e| {
                         String::from_utf8_lossy(&redact(e.into_bytes(), &api_key)).into_owned()
                     })
                     // A note made before the stream began (tools dropped), when nothing failed.
-                    .or_else(|| record.error.take())
+                    .or_else(|| record.error.take()),
             };
             record.usage = relay.usage();
             record.latency_ms = elapsed_ms(started);
@@ -904,6 +967,26 @@ mod tests {
             r#"{"error":{"message":"Incorrect API key provided: [redacted]. Key [redacted]"}}"#
         );
         assert_eq!(redact(b"plain".to_vec(), "sk-secret-1"), b"plain");
+    }
+
+    #[test]
+    fn a_key_split_across_pieces_is_masked_and_nothing_else_is_held() {
+        let key = "sk-secret-123";
+        let text = "before sk-secret-123 middle sk-secret-123 after sk-";
+        for cut in 0..text.len() {
+            let mut r = Redactor::new(key);
+            let (a, b) = text.as_bytes().split_at(cut);
+            let mut out = r.feed(a.to_vec());
+            out.extend(r.feed(b.to_vec()));
+            out.extend(r.finish());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "before [redacted] middle [redacted] after sk-",
+                "cut at {cut}"
+            );
+        }
+        let mut r = Redactor::new(key);
+        assert_eq!(r.feed(b"data: {}\n\n".to_vec()), b"data: {}\n\n");
     }
 
     #[test]

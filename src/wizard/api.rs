@@ -37,10 +37,13 @@ impl Api {
         };
         Api {
             // Model sync waits on the provider (up to UPSTREAM_TIMEOUT_MS per page).
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5))
-                .timeout(Duration::from_secs(180))
-                .build(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .timeout_global(Some(Duration::from_secs(180)))
+                .build()
+                .into(),
             url: url.trim_end_matches('/').to_string(),
             admin_key: plan.values[ADMIN_KEY].clone(),
             agent_key: plan.values[AGENT_KEY].clone(),
@@ -60,26 +63,38 @@ impl Api {
             Key::Admin => &self.admin_key,
             Key::Agent => &self.agent_key,
         };
-        let request = self
-            .agent
-            .request(method, &format!("{}{path}", self.url))
-            .set("Authorization", &format!("Bearer {secret}"));
-        let result = match body {
-            Some(b) => request
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => request.call(),
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {secret}");
+        let result = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (_, body) => {
+                let request = match method {
+                    "PATCH" => self.agent.patch(&url),
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                let request = request.header("Authorization", &auth);
+                match body {
+                    Some(b) => request
+                        .header("Content-Type", "application/json")
+                        .send(b.to_string().as_bytes()),
+                    None => request.send_empty(),
+                }
+            }
         };
         let response = match result {
             Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                return Err(format!("{method} {path}: cannot reach {}: {t}", self.url))
-            }
+            Err(e) => return Err(format!("{method} {path}: cannot reach {}: {e}", self.url)),
         };
-        let status = response.status();
+        let status = response.status().as_u16();
         let body = response
-            .into_string()
+            .into_body()
+            .read_to_string()
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(Value::Null);
@@ -119,19 +134,18 @@ pub(super) fn wait_until_healthy(api: &Api, docker: bool) -> Result<(), String> 
         let last = match api
             .agent
             .get(&target)
-            .timeout(Duration::from_secs(3))
+            .config()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
             .call()
         {
             Ok(r) if r.status() == 200 => {
                 say!(" ready.");
                 return Ok(());
             }
-            Ok(r) => format!("/healthz answered {}", r.status()),
-            Err(ureq::Error::Status(503, _)) => {
-                "/healthz answered 503: database unavailable".into()
-            }
-            Err(ureq::Error::Status(code, _)) => format!("/healthz answered {code}"),
-            Err(ureq::Error::Transport(t)) => t.to_string(),
+            Ok(r) if r.status() == 503 => "/healthz answered 503: database unavailable".into(),
+            Ok(r) => format!("/healthz answered {}", r.status().as_u16()),
+            Err(e) => e.to_string(),
         };
         if start.elapsed() >= HEALTH_WAIT {
             say!();

@@ -375,8 +375,8 @@ fn connections_over_max_connections_are_closed_at_once_and_a_normal_client_is_se
     // Once some go, a normal client is served.
     held.truncate(max - 5);
     let served = eventually(LONG, || {
-        ureq::get(&format!("{}/healthz", app.url))
-            .timeout(Duration::from_secs(10))
+        crate::support::client()
+            .get(format!("{}/healthz", app.url))
             .call()
             .is_ok_and(|r| r.status() == 200)
     });

@@ -2153,13 +2153,15 @@ fn stalled_request_bodies_do_not_starve_the_workers() {
     let (tx, rx) = mpsc::channel();
     let url = app.url.clone();
     thread::spawn(move || {
-        let r = ureq::get(&format!("{url}/api/active?agent_id=x"))
-            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
-            .timeout(Duration::from_secs(60))
+        let r = crate::support::client()
+            .get(format!("{url}/api/active?agent_id=x"))
+            .header("Authorization", format!("Bearer {AGENT_KEY}"))
             .call();
         let _ = tx.send(match r {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+            Ok(r) => (
+                r.status().as_u16(),
+                r.into_body().read_to_string().unwrap_or_default(),
+            ),
             Err(e) => (0, e.to_string()),
         });
     });
@@ -2207,13 +2209,15 @@ fn answered_within(app: &TestApp, path: &str, limit: Duration) -> Option<(u16, S
     let (tx, rx) = mpsc::channel();
     let url = format!("{}{path}", app.url);
     thread::spawn(move || {
-        let r = ureq::get(&url)
-            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
-            .timeout(Duration::from_secs(60))
+        let r = crate::support::client()
+            .get(&url)
+            .header("Authorization", format!("Bearer {AGENT_KEY}"))
             .call();
         let _ = tx.send(match r {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+            Ok(r) => (
+                r.status().as_u16(),
+                r.into_body().read_to_string().unwrap_or_default(),
+            ),
             Err(e) => (0, e.to_string()),
         });
     });

@@ -205,20 +205,23 @@ fn kill_9_under_load_then_restart_every_answered_request_has_exactly_one_row() {
         .map(|c| {
             let (answered, stop, url) = (answered.clone(), stop.clone(), url.clone());
             thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(Duration::from_secs(10))
-                    .build();
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .proxy(None)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let text = format!("load {c} {n}");
                     let body = json!({"messages": [{"role": "user", "content": text}]});
                     let result = agent
-                        .post(&format!("{url}/v1/chat/completions"))
-                        .set("Authorization", &format!("Bearer {AGENT_KEY}"))
-                        .set("x-agent-id", "a1")
-                        .send_string(&body.to_string());
-                    match result.map(|r| r.into_string()) {
+                        .post(format!("{url}/v1/chat/completions"))
+                        .header("Authorization", format!("Bearer {AGENT_KEY}"))
+                        .header("x-agent-id", "a1")
+                        .send(body.to_string().as_bytes());
+                    match result.map(|r| r.into_body().read_to_string()) {
                         // Only a whole answer counts as answered.
                         Ok(Ok(text_body)) if text_body.contains("chat.completion") => {
                             answered.lock().unwrap().push(text)

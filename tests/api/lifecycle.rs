@@ -66,11 +66,12 @@ fn sigterm_lets_a_request_in_flight_finish_and_records_it() {
 
     let url = app.url.clone();
     let in_flight = thread::spawn(move || {
-        ureq::post(&format!("{url}/v1/chat/completions"))
-            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
-            .set("Content-Type", "application/json")
-            .send_string(r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}]}"#)
-            .map(|r| r.status())
+        crate::support::client()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("Authorization", format!("Bearer {AGENT_KEY}"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}]}"#)
+            .map(|r| r.status().as_u16())
             .map_err(|e| e.to_string())
     });
     // The request is with the upstream once the upstream has received it.
@@ -178,10 +179,11 @@ fn a_second_sigterm_stops_without_waiting_for_requests_in_flight() {
     app.switch("default", "slow", "m");
     let url = app.url.clone();
     thread::spawn(move || {
-        let _ = ureq::post(&format!("{url}/v1/chat/completions"))
-            .set("Authorization", &format!("Bearer {AGENT_KEY}"))
-            .set("Content-Type", "application/json")
-            .send_string(r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
+        let _ = crate::support::client()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("Authorization", format!("Bearer {AGENT_KEY}"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
     });
     assert!(eventually(Duration::from_secs(20), || !upstream
         .received()

@@ -13,4 +13,5 @@ mod proxy;
 mod responses;
 mod streaming;
 mod tls;
+mod upstream_tls;
 mod wizard;

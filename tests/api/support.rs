@@ -222,7 +222,9 @@ impl TestApp {
 
     pub fn request(&self, method: &str, path: &str) -> Call {
         Call {
-            request: agent().request(method, &format!("{}{path}", self.url)),
+            request: ureq::http::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", self.url)),
         }
     }
 
@@ -317,15 +319,20 @@ impl Drop for TestApp {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
+/// A client like any other: statuses are answers, not errors; a minute at most per call.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(60)))
         .build()
+        .into()
 }
 
 /// A request being built.
 pub struct Call {
-    request: ureq::Request,
+    request: ureq::http::request::Builder,
 }
 
 /// A finished request: any status, never an `Err`.
@@ -369,44 +376,44 @@ impl Call {
 
     pub fn header(self, name: &str, value: &str) -> Call {
         Call {
-            request: self.request.set(name, value),
+            request: self.request.header(name, value),
         }
     }
 
     pub fn send(self) -> Reply {
-        finish(self.request.call())
+        finish(client().run(self.request.body(()).expect("a valid request")))
     }
 
     pub fn json(self, body: &Value) -> Reply {
-        finish(
-            self.request
-                .set("Content-Type", "application/json")
-                .send_bytes(&serde_json::to_vec(body).unwrap()),
-        )
+        self.header("Content-Type", "application/json")
+            .body(&serde_json::to_vec(body).unwrap())
     }
 
     pub fn body(self, body: &[u8]) -> Reply {
-        finish(self.request.send_bytes(body))
+        finish(client().run(self.request.body(body).expect("a valid request")))
     }
 }
 
-fn finish(result: Result<ureq::Response, ureq::Error>) -> Reply {
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("request failed: {e}"),
-    };
-    let status = response.status();
+/// Status, headers and body of a finished call.
+pub fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let response = result.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let status = response.status().as_u16();
     let headers = response
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = response.header(&n).unwrap_or("").to_string();
-            (n, v)
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
         })
         .collect();
     let mut body = Vec::new();
-    response.into_reader().read_to_end(&mut body).unwrap();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .unwrap();
     Reply {
         status,
         headers,
@@ -615,6 +622,7 @@ const CONFIG_VARS: &[&str] = &[
     "AUDIT_JOURNAL_DIR",
     "AUDIT_JOURNAL_MAX_BYTES",
     "STATE_RESYNC_MS",
+    "UPSTREAM_CA_FILE",
 ];
 
 /// Runs the binary in an empty directory with exactly `env`, and waits at most `limit`.
