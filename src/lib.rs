@@ -21,6 +21,7 @@ pub mod journal;
 mod metrics;
 mod migrate;
 mod openapi;
+mod provider;
 mod responses;
 mod responses_stream;
 mod routes;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::state::ProviderType;
+use crate::provider::ProviderType;
 
 /// Bucket bounds in seconds: from a tenth of a millisecond (the service's own overhead) to
 /// two minutes (a long generation upstream).

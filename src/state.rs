@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::metrics::{ModelRegistry, ModelSeries};
+use crate::provider::ProviderType;
 
 /// The contract's words for an agent with no state; messages go on to say what to do.
 pub const NO_ACTIVE_MODEL: &str = "No active model set for agent_id";
@@ -38,33 +39,6 @@ pub fn no_active_model(agent_id: &str) -> String {
 
 /// The channel the triggers of `sql/0002_data_plane.sql` notify.
 pub const CHANNEL: &str = "switcher_state";
-
-/// What a profile's API speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderType {
-    OpenAi,
-    Anthropic,
-    OpenAiCompatible,
-}
-
-impl ProviderType {
-    pub fn parse(raw: &str) -> Option<ProviderType> {
-        match raw {
-            "openai" => Some(ProviderType::OpenAi),
-            "anthropic" => Some(ProviderType::Anthropic),
-            "openai_compatible" => Some(ProviderType::OpenAiCompatible),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderType::OpenAi => "openai",
-            ProviderType::Anthropic => "anthropic",
-            ProviderType::OpenAiCompatible => "openai_compatible",
-        }
-    }
-}
 
 /// A provider account as the data plane needs it.
 #[derive(Debug)]

@@ -14,8 +14,9 @@ use crate::audit::{self, Endpoint, RequestRecord};
 use crate::auth::{self, Access};
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
+use crate::provider::ProviderType;
 use crate::routes::proxy::{self, Call, Relay, Sent, Translate};
-use crate::state::{ProviderType, Route};
+use crate::state::Route;
 
 /// The Anthropic API version sent upstream when the client names none.
 const DEFAULT_VERSION: &str = "2023-06-01";

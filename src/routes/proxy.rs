@@ -20,9 +20,10 @@ use crate::error::ApiError;
 use crate::http::{Reply, Req};
 use crate::input::{check_agent_id, Fields};
 use crate::journal::Journal;
+use crate::provider::ProviderType;
 use crate::responses_stream;
 use crate::sse;
-use crate::state::{no_active_model, ProviderType, Route, Snapshot};
+use crate::state::{no_active_model, Route, Snapshot};
 use crate::upstream::{self, Answer, Streaming};
 use crate::usage::Usage;
 

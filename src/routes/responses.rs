@@ -16,10 +16,11 @@ use crate::audit::{self, Endpoint, RequestRecord};
 use crate::auth;
 use crate::error::ApiError;
 use crate::http::{Reply, Req};
+use crate::provider::ProviderType;
 use crate::responses::{self, Echo};
 use crate::responses_stream;
 use crate::routes::proxy::{self, Relay, Sent, Translate};
-use crate::state::{ProviderType, Route};
+use crate::state::Route;
 use crate::usage::Usage;
 
 /// Fields a model's `drop_params` can never remove here.

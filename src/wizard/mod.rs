@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::crypto;
 use crate::input::{check_agent_id, check_model_name, valid_profile_name};
-use crate::routes::profiles::{default_base_url, normalize_base_url, PROVIDER_TYPES};
+use crate::provider::{default_base_url, normalize_base_url, PROVIDER_TYPES};
 
 /// `println!` that ignores a closed stdout: `println!` would panic there, possibly halfway
 /// through the work, and the report matters less than the work.
