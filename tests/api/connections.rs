@@ -385,3 +385,41 @@ fn connections_over_max_connections_are_closed_at_once_and_a_normal_client_is_se
         "no normal client was served after connections closed"
     );
 }
+
+/// A burst of keep-alive connections (wrk opening 64 at once): every one of them is served
+/// while all stay open. tiny_http's task pool once queued a connection behind a thread that
+/// it counted as idle but had already promised to an earlier one, so that the connection
+/// waited for another one to close: with clients that keep theirs open, for ever.
+#[test]
+fn a_burst_of_64_keep_alive_connections_is_served_while_they_all_stay_open() {
+    let app = TestApp::spawn_with(&[("IDLE_TIMEOUT_MS", "600000"), ("MAX_CONNECTIONS", "256")]);
+    for _ in 0..3 {
+        let mut conns: Vec<TcpStream> = (0..64)
+            .map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap())
+            .collect();
+        for s in &mut conns {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+        }
+        for (i, s) in conns.iter_mut().enumerate() {
+            // Bounds a hang only: a stalled connection is never answered at all.
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\"audit_backlog\"") {
+                match s.read(&mut buf) {
+                    Ok(0) => panic!("connection {i} closed unanswered"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!(
+                        "connection {i} of 64 was not served while the others stayed open: {e}"
+                    ),
+                }
+            }
+            assert!(
+                String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+                "connection {i}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+}

@@ -69,7 +69,12 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // switcher-api: a waiting thread counts as idle until it wakes, so the tasks queued
+        // already have a claim on as many of them. Published, this compared with 0: a burst
+        // of connections was queued behind the few idle threads, and with keep-alive
+        // clients waited until other connections closed. (`waiting_tasks` only changes under
+        // this lock.)
+        if queue.len() >= self.sharing.waiting_tasks.load(Ordering::Acquire) {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
