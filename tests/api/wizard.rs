@@ -177,7 +177,8 @@ fn the_wizard_run_unattended_sets_up_a_profile_and_an_active_model_and_keeps_exi
     assert_eq!(active(&app, "bot")["model_name"], "m1");
 }
 
-/// The README's "From source": the keys exported, no `.env`. The wizard must use the keys
+/// Keys exported in the shell, no `.env` (a host that sets them in its service manager, say).
+/// The wizard must use the keys
 /// the server uses (the environment's), generate none in their place, and not copy them into
 /// `.env`: the file gets no `ROUTER_ADMIN_KEY` or `ROUTER_AGENT_KEY` line at all, only the
 /// `ROUTER_KMS_KEY` the server already derived from the exported admin key.
