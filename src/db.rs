@@ -151,8 +151,10 @@ fn take_tls_options(url: &str) -> (String, Option<String>, Option<String>) {
         let mut kept = Vec::new();
         for pair in query.split('&') {
             match pair.split_once('=') {
-                Some(("sslmode", v)) => mode = Some(crate::http::percent_decode(v)),
-                Some(("sslrootcert", v)) => root = Some(crate::http::percent_decode(v)),
+                Some(("sslmode", v)) => mode = Some(crate::http::percent_decode(v).into_owned()),
+                Some(("sslrootcert", v)) => {
+                    root = Some(crate::http::percent_decode(v).into_owned())
+                }
                 _ => kept.push(pair),
             }
         }

@@ -1,5 +1,6 @@
 //! The request snapshot handlers see, and the reply they give back.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::time::{Instant, SystemTime};
 
@@ -80,7 +81,10 @@ pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
+            (
+                percent_decode(k).into_owned(),
+                percent_decode(v).into_owned(),
+            )
         })
         .collect();
     (path.to_string(), pairs)
@@ -88,17 +92,21 @@ pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
 
 /// Decodes `%XX` escapes in one path segment; `+` is a plus sign there (it only means a space
 /// in a query string).
-pub fn decode_segment(s: &str) -> String {
+pub fn decode_segment(s: &str) -> Cow<'_, str> {
     decode(s, false)
 }
 
 /// Decodes `%XX` escapes and `+` (as a space), as in a query string; invalid escapes are
 /// kept as they are.
-pub fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
     decode(s, true)
 }
 
-fn decode(s: &str, plus_is_space: bool) -> String {
+/// Borrows `s` when there is nothing to decode (the common case: no allocation).
+fn decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
+        return Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -120,7 +128,7 @@ fn decode(s: &str, plus_is_space: bool) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Writes a streamed body: called once with the client's connection, after the head is sent.

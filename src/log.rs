@@ -3,7 +3,7 @@
 //!
 //! Callers are responsible for never passing a secret, a header value or a body here.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -105,13 +105,16 @@ pub fn request(r: &RequestLine<'_>) {
     if !enabled(Level::Info) {
         return;
     }
-    let msg = format!("{} {} {}", r.method, r.path, r.status);
     if JSON.load(Ordering::Relaxed) {
+        let msg = format!("{} {} {}", r.method, r.path, r.status);
         emit(&json_line(Level::Info, &msg, Some(r)));
         return;
     }
+    // One buffer for the whole line: this runs once per request.
+    let mut line = String::with_capacity(160);
     // Escaped: a decoded `%0a` in a path or a newline in an agent id must not forge a line.
-    let mut line = format!(
+    let _ = write!(
+        line,
         "{} {:5} {} {} {} {:.1}ms",
         rfc3339_now(),
         Level::Info.label(),
@@ -126,7 +129,7 @@ pub fn request(r: &RequestLine<'_>) {
         ("model", r.model),
     ] {
         if let Some(v) = value {
-            line.push_str(&format!(" {name}={}", v.escape_debug()));
+            let _ = write!(line, " {name}={}", v.escape_debug());
         }
     }
     line.push('\n');
@@ -135,7 +138,7 @@ pub fn request(r: &RequestLine<'_>) {
 
 fn json_line(level: Level, msg: &str, request: Option<&RequestLine<'_>>) -> String {
     let mut object = serde_json::Map::new();
-    object.insert("ts".into(), rfc3339_now().into());
+    object.insert("ts".into(), rfc3339_now().to_string().into());
     object.insert("level".into(), level.label().to_ascii_lowercase().into());
     object.insert("msg".into(), msg.into());
     if let Some(r) = request {
@@ -178,24 +181,39 @@ macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) };
 }
 
-/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn rfc3339_now() -> String {
+/// The current UTC time, displayed as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_now() -> Rfc3339 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     rfc3339(now.as_secs() as i64, now.subsec_millis())
 }
 
-fn rfc3339(unix_secs: i64, millis: u32) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+fn rfc3339(unix_secs: i64, millis: u32) -> Rfc3339 {
+    Rfc3339 { unix_secs, millis }
+}
+
+/// A point in time written as RFC 3339 (UTC, milliseconds) where it is displayed, without
+/// a string of its own.
+pub struct Rfc3339 {
+    unix_secs: i64,
+    millis: u32,
+}
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.unix_secs.div_euclid(86_400);
+        let secs = self.unix_secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            self.millis
+        )
+    }
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
@@ -218,9 +236,15 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_795_674_585, 123), "2026-11-26T06:29:45.123Z");
+        assert_eq!(rfc3339(0, 0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(951_782_400, 5).to_string(),
+            "2000-02-29T00:00:00.005Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_674_585, 123).to_string(),
+            "2026-11-26T06:29:45.123Z"
+        );
     }
 
     #[test]

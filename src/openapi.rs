@@ -33,17 +33,26 @@ pub fn match_template(templates: &[&str], raw_path: &str) -> Option<usize> {
     } else {
         raw_path
     };
-    let segments: Vec<String> = trimmed.split('/').skip(1).map(decode_segment).collect();
+    let segments: Vec<_> = trimmed.split('/').skip(1).map(decode_segment).collect();
     templates.iter().position(|template| {
-        let parts: Vec<&str> = template.split('/').skip(1).collect();
-        parts.len() == segments.len()
-            && parts.iter().zip(&segments).all(|(part, segment)| {
-                if part.starts_with('{') && part.ends_with('}') {
-                    !segment.is_empty()
-                } else {
-                    part == segment
+        let mut parts = template.split('/').skip(1);
+        let mut segments = segments.iter();
+        loop {
+            match (parts.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(part), Some(segment)) => {
+                    let fits = if part.starts_with('{') && part.ends_with('}') {
+                        !segment.is_empty()
+                    } else {
+                        part == segment
+                    };
+                    if !fits {
+                        return false;
+                    }
                 }
-            })
+                _ => return false,
+            }
+        }
     })
 }
 

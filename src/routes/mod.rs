@@ -91,8 +91,9 @@ pub fn resolve(method: &str, path: &str) -> Result<Endpoint, ApiError> {
     } else {
         path
     };
-    let decoded: Vec<String> = trimmed.split('/').skip(1).map(decode_segment).collect();
-    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let decoded: Vec<std::borrow::Cow<'_, str>> =
+        trimmed.split('/').skip(1).map(decode_segment).collect();
+    let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
     let not_allowed = |allow| Err(ApiError::MethodNotAllowed { allow });
     match (segments.as_slice(), method) {
         (["healthz"], "GET") => Ok(Endpoint::Healthz),

@@ -188,7 +188,7 @@ impl ClientConnection {
                 let first = self.read_first_byte()?;
                 let limit = self.limits.max_request_line;
                 let line = self
-                    .read_next_line(vec![first], limit)
+                    .read_next_line(line_buffer(first), limit)
                     .map_err(ReadError::ReadIoError)?
                     .ok_or(ReadError::RequestLineTooLong)?;
                 let line =
@@ -206,7 +206,7 @@ impl ClientConnection {
                 loop {
                     let too_large = || ReadError::HeadersTooLarge(version.clone());
                     let line = self
-                        .read_next_line(Vec::new(), budget.saturating_sub(2))
+                        .read_next_line(Vec::with_capacity(LINE_CAPACITY), budget.saturating_sub(2))
                         .map_err(ReadError::ReadIoError)?
                         .ok_or_else(too_large)?;
 
@@ -396,4 +396,14 @@ mod test {
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
     }
+}
+
+/// switcher-api: a line starts with room for a typical request or header line, instead of
+/// growing byte by byte through four reallocations.
+const LINE_CAPACITY: usize = 128;
+
+fn line_buffer(first: u8) -> Vec<u8> {
+    let mut line = Vec::with_capacity(LINE_CAPACITY);
+    line.push(first);
+    line
 }
