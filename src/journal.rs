@@ -533,13 +533,13 @@ impl Writer {
             // A batch the database refuses as data (never expected: every row is made by
             // this binary) must not block the journal for good: the rows go one by one and
             // the ones refused are logged and dropped.
-            Err(e) if e.as_db_error().is_some() => {
+            Err(e) if refuses_the_data(&e) => {
                 crate::error!("an audit batch was refused ({e}); retrying its rows one by one");
                 let mut written = 0;
                 for row in rows {
                     match insert_rows(client, std::slice::from_ref(row)) {
                         Ok(n) => written += n,
-                        Err(e) if e.as_db_error().is_some() => crate::error!(
+                        Err(e) if refuses_the_data(&e) => crate::error!(
                             "audit row {}/{} dropped, the database refused it: {e}",
                             row.instance_id,
                             row.seq
@@ -565,6 +565,15 @@ impl Writer {
         self.client = None;
         e.to_string()
     }
+}
+
+/// Whether the database refused the rows themselves (a data exception or a violated
+/// constraint, SQLSTATE classes 22 and 23), as opposed to failing around them: a server
+/// shutting down (57P01, sent as an error on the way out), a lost connection, a missing table,
+/// no disk. Only the former may cost rows; after the others the rows wait in the journal.
+fn refuses_the_data(e: &postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
 }
 
 /// One multi-row insert; rows already in the table (a replay) are skipped. Returns how many
@@ -610,6 +619,40 @@ fn insert_rows(client: &mut postgres::Client, rows: &[Row]) -> Result<u64, postg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Real errors from the test server: only the ones about the rows themselves count as a
+    /// refusal of the data (and may cost rows); a server shutting the connection down does not.
+    #[test]
+    fn only_data_errors_count_as_refused_rows() {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let connect = || postgres::Client::connect(&url, postgres::NoTls).expect("the test server");
+        let mut client = connect();
+        let error =
+            |client: &mut postgres::Client, sql: &str| client.batch_execute(sql).expect_err(sql);
+        assert!(refuses_the_data(&error(&mut client, "SELECT 1 / 0")));
+        assert!(refuses_the_data(&error(
+            &mut client,
+            "CREATE TEMP TABLE t (x int CHECK (x > 0)); INSERT INTO t VALUES (-1)"
+        )));
+        assert!(!refuses_the_data(&error(
+            &mut client,
+            "SELECT * FROM no_such_table_here"
+        )));
+        // What a fast shutdown sends to every connection before closing it.
+        let shutdown = error(
+            &mut connect(),
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+        );
+        assert_eq!(
+            shutdown.as_db_error().map(|d| d.code().code()),
+            Some("57P01"),
+            "{shutdown}"
+        );
+        assert!(!refuses_the_data(&shutdown));
+    }
 
     fn dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!(
