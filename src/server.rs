@@ -1,5 +1,4 @@
-//! The HTTP server: each request is served on the thread of tiny_http that read it from its
-//! connection (no hand-off to another thread), at most `WORKERS` at once, one straight path
+//! The HTTP server: a fixed pool of workers taking requests from tiny_http, one straight path
 //! per request: read → route → authorize → body → handler → respond → log.
 
 use std::io::{self, Write};
@@ -7,8 +6,8 @@ use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -23,9 +22,9 @@ use crate::routes::{self, Endpoint};
 /// A started server; dropping it does not stop it, `shutdown` does.
 pub struct Running {
     http: Arc<tiny_http::Server>,
-    /// Waits for the accept loop's failure (then exits the process) or the shutdown.
-    watcher: JoinHandle<()>,
-    slots: Arc<Slots>,
+    workers: Vec<JoinHandle<()>>,
+    /// Each worker sends once when it ends.
+    ended: mpsc::Receiver<()>,
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
     /// The listening socket, owned by tiny_http; kept to shut it down.
@@ -112,29 +111,32 @@ fn refusal(status: tiny_http::StatusCode) -> Response<io::Cursor<Vec<u8>>> {
 pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
     let addr = listener.local_addr()?;
     let listener_fd = listener.as_raw_fd();
-    let stopping = Arc::new(AtomicBool::new(false));
-    let slots = Arc::new(Slots::new(app.config.workers));
-    let handler: tiny_http::RequestHandler = {
-        let (app, slots, stopping) = (app.clone(), slots.clone(), stopping.clone());
-        Arc::new(move |rq| {
-            let _slot = slots.take();
-            serve(&app, rq, stopping.load(Ordering::SeqCst));
-        })
-    };
     let http = Arc::new(
-        tiny_http::Server::from_listener_serving(listener, None, limits(&app), handler)
+        tiny_http::Server::from_listener_with_limits(listener, None, limits(&app))
             .map_err(|e| io::Error::other(e.to_string()))?,
     );
-    let watcher = {
-        let (http, stopping) = (http.clone(), stopping.clone());
-        thread::Builder::new()
-            .name("listener".into())
-            .spawn(move || watch(&http, &stopping))?
-    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (ended_tx, ended) = mpsc::channel();
+    let workers = (0..app.config.workers)
+        .map(|i| {
+            let (app, http, stopping, ended_tx) = (
+                app.clone(),
+                http.clone(),
+                stopping.clone(),
+                ended_tx.clone(),
+            );
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    worker(&app, &http, &stopping);
+                    let _ = ended_tx.send(());
+                })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     Ok(Running {
         http,
-        watcher,
-        slots,
+        workers,
+        ended,
         stopping,
         addr,
         listener_fd,
@@ -142,108 +144,14 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
     })
 }
 
-/// Only the accept loop's end reaches `recv` (requests are served where they are read).
-fn watch(http: &tiny_http::Server, stopping: &AtomicBool) {
-    match http.recv() {
-        Err(_) if stopping.load(Ordering::SeqCst) => {}
-        // tiny_http's accept loop ends for good on its first error: nothing will arrive
-        // any more, so exit and let the supervisor start a fresh process.
-        Err(e) => {
-            crate::error!("the listener failed ({e}); exiting so the service can be restarted");
-            std::process::exit(1);
-        }
-        Ok(_) => unreachable!("a serving tiny_http queues no request"),
-    }
-}
-
-/// The `WORKERS` bound on requests served at once. A connection's thread takes a slot once
-/// it has read a request's head and holds it until the answer is sent; beyond the bound it
-/// waits for one. Taking and giving back a free slot is one atomic operation.
-struct Slots {
-    limit: usize,
-    busy: AtomicUsize,
-    /// Threads waiting for a slot, or for none to be busy (shutdown).
-    waiting: AtomicUsize,
-    lock: Mutex<()>,
-    freed: Condvar,
-}
-
-struct Slot<'a>(&'a Slots);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let slots = self.0;
-        slots.busy.fetch_sub(1, Ordering::SeqCst);
-        // A waiter counts itself under the lock before it looks at `busy` again and
-        // sleeps, so either it sees this slot free or this sees it waiting.
-        if slots.waiting.load(Ordering::SeqCst) > 0 {
-            let _guard = slots.lock.lock().unwrap_or_else(|p| p.into_inner());
-            slots.freed.notify_all();
-        }
-    }
-}
-
-impl Slots {
-    fn new(limit: usize) -> Slots {
-        Slots {
-            limit,
-            busy: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn try_take(&self) -> bool {
-        self.busy
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
-                (b < self.limit).then_some(b + 1)
-            })
-            .is_ok()
-    }
-
-    fn take(&self) -> Slot<'_> {
-        if !self.try_take() {
-            let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            while !self.try_take() {
-                guard = self.freed.wait(guard).unwrap_or_else(|p| p.into_inner());
-            }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
-        Slot(self)
-    }
-
-    /// Waits until no request is being served, at most until `deadline`; returns how many
-    /// still are.
-    fn wait_idle(&self, deadline: Instant) -> usize {
-        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        loop {
-            let busy = self.busy.load(Ordering::SeqCst);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if busy == 0 || left.is_zero() {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                return busy;
-            }
-            guard = self
-                .freed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting connections, lets the requests in hand finish (each connection is
-    /// closed after its current answer), then ships the audit journal, all within `grace`;
-    /// returns whether everything finished. Rows still in the journal stay there for the
-    /// next start.
+    /// Stops accepting connections, lets the requests in hand (and those already received)
+    /// finish, then ships the audit journal, all within `grace`; returns whether everything
+    /// finished. Rows still in the journal stay there for the next start.
     pub fn shutdown(self, grace: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
         // Shutting the listening socket down makes tiny_http's accept loop end and refuses
@@ -252,10 +160,19 @@ impl Running {
         // socket only changes its state.
         let listener = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(self.listener_fd) });
         let _ = listener.shutdown(std::net::Shutdown::Both);
-        self.http.unblock();
-        let _ = self.watcher.join();
+        // Each `unblock` ends exactly one worker, after whatever was queued before it.
+        for _ in &self.workers {
+            self.http.unblock();
+        }
         let deadline = Instant::now() + grace;
-        let remaining = self.slots.wait_idle(deadline);
+        let mut remaining = self.workers.len();
+        while remaining > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ended.recv_timeout(left) {
+                Ok(()) => remaining -= 1,
+                Err(_) => break,
+            }
+        }
         if remaining > 0 {
             crate::warn!("{remaining} request(s) still running after the shutdown grace period");
         }
@@ -270,9 +187,24 @@ impl Running {
     }
 }
 
-/// One request, from its head to the log line. `stopping`: the service is shutting down, so
-/// the connection closes after this answer.
-fn serve(app: &App, mut rq: Request, stopping: bool) {
+fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool) {
+    loop {
+        match http.recv() {
+            Ok(rq) => serve(app, rq),
+            // The queue is first in, first out: requests received before the shutdown's
+            // `unblock` are still served by the workers that take them.
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                // tiny_http's accept loop ends for good on its first error: nothing will
+                // arrive any more, so exit and let the supervisor start a fresh process.
+                crate::error!("the listener failed ({e}); exiting so the service can be restarted");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn serve(app: &App, mut rq: Request) {
     let started = Instant::now();
     crate::metrics::begin();
     let received_at = std::time::SystemTime::now();
@@ -309,12 +241,6 @@ fn serve(app: &App, mut rq: Request, stopping: bool) {
                 error_reply(&method, &path, &e)
             }
         }
-    };
-    let reply = if stopping && !reply.is_closing() {
-        rq.close_connection();
-        reply.closing()
-    } else {
-        reply
     };
     let status = reply.status;
     // Only the service's own 401s are refusals of a key (an upstream's is relayed as it came).
@@ -553,69 +479,5 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Status",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-
-    #[test]
-    fn slots_bound_the_requests_served_at_once() {
-        let slots = Arc::new(Slots::new(2));
-        let a = slots.take();
-        let _b = slots.take();
-        let (taken_tx, taken) = mpsc::channel();
-        let waiter = {
-            let slots = slots.clone();
-            thread::spawn(move || {
-                let _c = slots.take();
-                taken_tx.send(()).unwrap();
-            })
-        };
-        assert!(
-            taken.recv_timeout(Duration::from_millis(200)).is_err(),
-            "a third request was served beside two with a bound of two"
-        );
-        drop(a);
-        taken
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a freed slot goes to the request waiting for one");
-        waiter.join().unwrap();
-        assert_eq!(slots.busy.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn wait_idle_gives_up_at_the_deadline_and_counts_what_still_runs() {
-        let slots = Slots::new(4);
-        let held = slots.take();
-        let soon = Instant::now() + Duration::from_millis(50);
-        assert_eq!(slots.wait_idle(soon), 1, "one request still running");
-        assert!(Instant::now() >= soon);
-        drop(held);
-        assert_eq!(slots.wait_idle(soon), 0);
-    }
-
-    #[test]
-    fn wait_idle_is_woken_by_the_last_slot_given_back() {
-        let slots = Arc::new(Slots::new(4));
-        let (ready_tx, ready) = mpsc::channel();
-        let holder = {
-            let slots = slots.clone();
-            thread::spawn(move || {
-                let _slot = slots.take();
-                ready_tx.send(()).unwrap();
-                thread::sleep(Duration::from_millis(300));
-            })
-        };
-        ready.recv().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        assert_eq!(slots.wait_idle(deadline), 0);
-        assert!(
-            Instant::now() < deadline,
-            "woken when the slot came back, not at the deadline"
-        );
-        holder.join().unwrap();
     }
 }

@@ -148,9 +148,6 @@ pub struct Server {
     counters: Arc<limits::ConnectionCounters>,
 }
 
-/// What `Server::from_listener_serving` calls with each request (switcher-api addition).
-pub type RequestHandler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
-
 enum Message {
     Error(IoError),
     NewRequest(Request),
@@ -262,29 +259,7 @@ impl Server {
         ssl_config: Option<SslConfig>,
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::start(listener.into(), ssl_config, limits, None)
-    }
-
-    /// Like `from_listener_with_limits`, but each request is handed to `handler` on the
-    /// thread that read it from its connection, instead of being queued for `recv()`
-    /// (switcher-api addition). The connection reads its next request once `handler`
-    /// returns; a handler that panics closes its connection. Only errors of the accept loop
-    /// reach `recv()`, which otherwise blocks until `unblock()`.
-    pub fn from_listener_serving<L: Into<Listener>>(
-        listener: L,
-        ssl_config: Option<SslConfig>,
-        limits: Limits,
-        handler: RequestHandler,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::start(listener.into(), ssl_config, limits, Some(handler))
-    }
-
-    fn start(
-        listener: Listener,
-        ssl_config: Option<SslConfig>,
-        limits: Limits,
-        handler: Option<RequestHandler>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let listener = listener.into();
         let counters = limits.counters.clone();
         let limits = Arc::new(limits);
         // building the "close" variable
@@ -378,24 +353,9 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
-                        let handler = handler.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
-                            let Some(client) = client.take() else {
-                                return;
-                            };
-                            if let Some(handler) = &handler {
-                                // switcher-api: served on this thread, one request after
-                                // the other (which also keeps TLS in order).
-                                for rq in client {
-                                    let served = std::panic::catch_unwind(
-                                        std::panic::AssertUnwindSafe(|| handler(rq)),
-                                    );
-                                    if served.is_err() {
-                                        break;
-                                    }
-                                }
-                            } else {
+                            if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
