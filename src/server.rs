@@ -6,7 +6,7 @@ use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Running {
     /// Each worker sends once when it ends.
     ended: mpsc::Receiver<()>,
     stopping: Arc<AtomicBool>,
+    /// Requests a worker is serving right now.
+    busy: Arc<AtomicUsize>,
     addr: SocketAddr,
     /// The listening socket, owned by tiny_http; kept to shut it down.
     listener_fd: RawFd,
@@ -116,19 +118,21 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
             .map_err(|e| io::Error::other(e.to_string()))?,
     );
     let stopping = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicUsize::new(0));
     let (ended_tx, ended) = mpsc::channel();
     let workers = (0..app.config.workers)
         .map(|i| {
-            let (app, http, stopping, ended_tx) = (
+            let (app, http, stopping, busy, ended_tx) = (
                 app.clone(),
                 http.clone(),
                 stopping.clone(),
+                busy.clone(),
                 ended_tx.clone(),
             );
             thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
-                    worker(&app, &http, &stopping);
+                    worker(&app, &http, &stopping, &busy);
                     let _ = ended_tx.send(());
                 })
         })
@@ -138,6 +142,7 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
         workers,
         ended,
         stopping,
+        busy,
         addr,
         listener_fd,
         journal: app.journal.clone(),
@@ -151,7 +156,9 @@ impl Running {
 
     /// Stops accepting connections, lets the requests in hand (and those already received)
     /// finish, then ships the audit journal, all within `grace`; returns whether everything
-    /// finished. Rows still in the journal stay there for the next start.
+    /// finished. Rows still in the journal stay there for the next start. Until the requests
+    /// in hand are done, the workers also answer what arrives on connections already open,
+    /// each such answer closing its connection.
     pub fn shutdown(self, grace: Duration) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
         // Shutting the listening socket down makes tiny_http's accept loop end and refuses
@@ -160,11 +167,16 @@ impl Running {
         // socket only changes its state.
         let listener = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(self.listener_fd) });
         let _ = listener.shutdown(std::net::Shutdown::Both);
+        let deadline = Instant::now() + grace;
+        // A keep-alive client that sends a request meanwhile gets its answer (with
+        // `Connection: close`) instead of waiting, unanswered, for the process to end.
+        while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         // Each `unblock` ends exactly one worker, after whatever was queued before it.
         for _ in &self.workers {
             self.http.unblock();
         }
-        let deadline = Instant::now() + grace;
         let mut remaining = self.workers.len();
         while remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -187,10 +199,13 @@ impl Running {
     }
 }
 
-fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool) {
+fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool, busy: &AtomicUsize) {
     loop {
         match http.recv() {
-            Ok(rq) => serve(app, rq),
+            Ok(rq) => {
+                let _busy = Busy::count(busy);
+                serve(app, rq, stopping.load(Ordering::SeqCst));
+            }
             // The queue is first in, first out: requests received before the shutdown's
             // `unblock` are still served by the workers that take them.
             Err(_) if stopping.load(Ordering::SeqCst) => return,
@@ -204,7 +219,25 @@ fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool) {
     }
 }
 
-fn serve(app: &App, mut rq: Request) {
+/// A request counted in `Running::busy` for as long as this lives (a panic included).
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn count(busy: &'a AtomicUsize) -> Busy<'a> {
+        busy.fetch_add(1, Ordering::SeqCst);
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One request, from its head to the log line. `stopping`: the service is shutting down, so
+/// the connection closes after this answer.
+fn serve(app: &App, mut rq: Request, stopping: bool) {
     let started = Instant::now();
     crate::metrics::begin();
     let received_at = std::time::SystemTime::now();
@@ -241,6 +274,12 @@ fn serve(app: &App, mut rq: Request) {
                 error_reply(&method, &path, &e)
             }
         }
+    };
+    let reply = if stopping && !reply.is_closing() {
+        rq.close_connection();
+        reply.closing()
+    } else {
+        reply
     };
     let status = reply.status;
     // Only the service's own 401s are refusals of a key (an upstream's is relayed as it came).

@@ -259,3 +259,87 @@ fn a_stop_signal_while_the_database_does_not_answer_at_startup_exits_at_once() {
         assert_eq!(status.signal(), Some(number), "{signal}: {status:?}");
     }
 }
+
+/// A keep-alive connection that sends its next request while the service drains its requests
+/// in flight gets that answer, marked `Connection: close`, and is closed after it: it is
+/// neither left hanging nor cut off without an answer.
+#[test]
+fn during_shutdown_a_kept_alive_connection_gets_its_answer_and_is_closed() {
+    use std::io::{Read, Write};
+    let upstream = FakeUpstream::start(|_| {
+        Answer::Delay(
+            Duration::from_secs(3),
+            Box::new(Answer::Json(200, json!({}))),
+        )
+    });
+    let mut app = TestApp::spawn();
+    app.create_profile("slow", "openai_compatible", &upstream.url, "sk-slow-456");
+    app.switch("default", "slow", "m");
+
+    let get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    kept.write_all(get).unwrap();
+    let first = read_one_answer(&mut kept);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+
+    let url = app.url.clone();
+    let in_flight = thread::spawn(move || {
+        crate::support::client()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("Authorization", format!("Bearer {AGENT_KEY}"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"messages": [{"role": "user", "content": "hi"}]}"#)
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    });
+    assert!(eventually(Duration::from_secs(20), || !upstream
+        .received()
+        .is_empty()));
+    let pid = app.pid().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(eventually(Duration::from_secs(10), || app
+        .logs()
+        .contains("finishing requests in flight")));
+
+    // The slow request is still in flight: the service is draining, not gone.
+    kept.write_all(get).unwrap();
+    let mut answer = Vec::new();
+    kept.read_to_end(&mut answer)
+        .expect("the answer, then the end of the connection");
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+
+    assert_eq!(in_flight.join().unwrap(), Ok(200));
+    assert_eq!(app.exit_code(), Some(0), "{}", app.logs());
+}
+
+/// Reads one whole answer (head and `Content-Length` body) and nothing after it.
+fn read_one_answer(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("an answer's head");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("the answer's body");
+    bytes.extend(body);
+    String::from_utf8_lossy(&bytes).to_string()
+}

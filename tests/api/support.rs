@@ -298,6 +298,11 @@ impl TestApp {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        self.exit_code()
+    }
+
+    /// Waits (at most 30 s) for the process to end by itself and returns its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
