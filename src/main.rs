@@ -121,14 +121,13 @@ fn serve() -> ExitCode {
     };
     signals.serving();
     let signal = signals.wait();
-    switcher_api::info!("{signal} received; finishing requests in flight");
     // A second signal means "now": the operator does not want to wait for the grace.
     std::thread::spawn(move || {
         let signal = signals.wait();
         switcher_api::warn!("{signal} received again; exiting without waiting");
         std::process::exit(1);
     });
-    running.shutdown(grace);
+    running.shutdown(grace, &format!("{signal} received"));
     switcher_api::info!("stopped");
     ExitCode::SUCCESS
 }

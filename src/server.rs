@@ -159,8 +159,12 @@ impl Running {
     /// finished. Rows still in the journal stay there for the next start. Until the requests
     /// in hand are done, the workers also answer what arrives on connections already open,
     /// each such answer closing its connection.
-    pub fn shutdown(self, grace: Duration) -> bool {
+    ///
+    /// `cause` is logged once the workers know: from that line on, every answer closes its
+    /// connection.
+    pub fn shutdown(self, grace: Duration, cause: &str) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
+        crate::info!("{cause}; finishing requests in flight");
         // Shutting the listening socket down makes tiny_http's accept loop end and refuses
         // new connections; the socket itself stays owned (and is closed) by tiny_http.
         // SAFETY: borrows the descriptor without closing it; shutdown(2) on a listening
