@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_operator.sql",
         sql: include_str!("../sql/0003_operator.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_audit_insert_cost.sql",
+        sql: include_str!("../sql/0004_audit_insert_cost.sql"),
+    },
 ];
 
 /// How long migrations wait for a lock.

@@ -2352,6 +2352,45 @@ fn migrate_twice_succeeds_and_records_each_file_once() {
     assert_eq!(ledger(&app.db), sql_files());
 }
 
+/// The audit table holds a prompt's hash, never its text: `prompt_sha256` takes exactly 64
+/// lowercase hex characters (or nothing), whatever writes the row.
+#[test]
+fn the_audit_table_refuses_anything_but_a_hex_sha256_as_the_prompt_hash() {
+    let db = TestDb::create();
+    assert_eq!(run(&["migrate"], &migrate_env(&db)).code, Some(0));
+    let mut client = db.client();
+    let hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let mut insert = |value: Option<String>| {
+        client.execute(
+            "INSERT INTO audit_requests (agent_id, status, latency_ms, prompt_sha256)
+             VALUES ('a', 200, 1, $1)",
+            &[&value],
+        )
+    };
+    assert!(insert(Some(hash.to_string())).is_ok());
+    assert!(insert(None).is_ok());
+    for bad in [
+        hash.to_uppercase(),
+        hash[..63].to_string(),
+        format!("{hash}0"),
+        format!("{} ", &hash[..63]),
+        format!("{}é", &hash[..63]),
+        // 64 bytes, 63 characters.
+        format!("{}é", &hash[..62]),
+        format!("{}g", &hash[..63]),
+        "Say hello.".to_string(),
+        String::new(),
+    ] {
+        let e = insert(Some(bad.clone())).expect_err(&bad);
+        let db_error = e.as_db_error().expect("a refusal by the database");
+        assert_eq!(
+            db_error.constraint(),
+            Some("audit_requests_prompt_sha256_check"),
+            "{bad:?}: {db_error}"
+        );
+    }
+}
+
 #[test]
 fn a_changed_migration_checksum_stops_migrate_and_the_server() {
     let db = TestDb::create();
