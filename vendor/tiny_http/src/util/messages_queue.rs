@@ -28,15 +28,15 @@ where
 
     /// Pushes an element to the queue.
     pub fn push(&self, value: T) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Elem(value));
+        self.queue.lock().unwrap().push_back(Control::Elem(value));
+        // switcher-api: notified once the lock is released, so that the woken thread does
+        // not wake into a lock still held, spin, and sleep again on the mutex.
         self.condvar.notify_one();
     }
 
     /// Unblock one thread stuck in pop loop.
     pub fn unblock(&self) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Unblock);
+        self.queue.lock().unwrap().push_back(Control::Unblock);
         self.condvar.notify_one();
     }
 
