@@ -115,25 +115,36 @@ pub fn request(r: &RequestLine<'_>) {
     // Escaped: a decoded `%0a` in a path or a newline in an agent id must not forge a line.
     let _ = write!(
         line,
-        "{} {:5} {} {} {} {:.1}ms",
+        "{} {:5} {} ",
         rfc3339_now(),
         Level::Info.label(),
-        r.method,
-        r.path.escape_debug(),
-        r.status,
-        r.duration_ms
+        r.method
     );
+    push_escaped(&mut line, r.path);
+    let _ = write!(line, " {} {:.1}ms", r.status, r.duration_ms);
     for (name, value) in [
         ("agent", r.agent),
         ("profile", r.profile),
         ("model", r.model),
     ] {
         if let Some(v) = value {
-            let _ = write!(line, " {name}={}", v.escape_debug());
+            let _ = write!(line, " {name}=");
+            push_escaped(&mut line, v);
         }
     }
     line.push('\n');
     emit(&line);
+}
+
+/// Appends `s` as `str::escape_debug` shows it. Paths and names rarely need escaping, and
+/// copying them is a fraction of the cost of escaping them character by character.
+fn push_escaped(line: &mut String, s: &str) {
+    let plain = |b: &u8| (b' '..=b'~').contains(b) && !matches!(b, b'\\' | b'"' | b'\'');
+    if s.as_bytes().iter().all(plain) {
+        line.push_str(s);
+    } else {
+        let _ = write!(line, "{}", s.escape_debug());
+    }
 }
 
 fn json_line(level: Level, msg: &str, request: Option<&RequestLine<'_>>) -> String {
@@ -274,6 +285,33 @@ mod tests {
             serde_json::from_str(&json_line(Level::Warn, "a \"quoted\" thing", None)).unwrap();
         assert_eq!(plain["msg"], "a \"quoted\" thing");
         assert!(plain.get("status").is_none());
+    }
+
+    /// The shortcut for plain text writes exactly what `escape_debug` would.
+    #[test]
+    fn escaping_matches_escape_debug() {
+        let mut all_bytes = String::new();
+        for c in (0u8..=127)
+            .map(char::from)
+            .chain(['é', '\u{200b}', '\u{301}', '😀'])
+        {
+            all_bytes.push(c);
+            let mut line = String::new();
+            push_escaped(&mut line, &c.to_string());
+            assert_eq!(line, c.to_string().escape_debug().to_string(), "{c:?}");
+        }
+        for s in [
+            "/v1/chat/completions",
+            "a b",
+            "x\ny",
+            "agent\"1",
+            "\u{301}tail",
+            &all_bytes,
+        ] {
+            let mut line = String::new();
+            push_escaped(&mut line, s);
+            assert_eq!(line, s.escape_debug().to_string(), "{s:?}");
+        }
     }
 
     #[test]
