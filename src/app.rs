@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::db::{Conn, Pool};
 use crate::error::ApiError;
+use crate::gate::Gate;
 use crate::journal::Journal;
 use crate::state::{DbHealth, State};
 use crate::upstream::Upstream;
@@ -22,6 +23,9 @@ pub struct App {
     pub journal: Arc<Journal>,
     pub cipher: Cipher,
     pub upstream: Upstream,
+    /// The data plane's turns on the cores (proxied requests take one, give it up while they
+    /// wait on the upstream).
+    pub gate: Gate,
     /// Open and refused client connections, kept by tiny_http (for `/metrics`).
     pub connections: Arc<tiny_http::ConnectionCounters>,
     /// Agent key uses waiting to be written to `last_used_at`.
@@ -42,6 +46,7 @@ impl App {
             journal,
             cipher,
             upstream,
+            gate: Gate::for_this_machine(),
             connections: Arc::default(),
             key_usage: KeyUsage::default(),
             metrics: crate::metrics::Metrics::default(),

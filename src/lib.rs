@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 mod error;
+mod gate;
 mod http;
 mod input;
 pub mod journal;

@@ -31,8 +31,8 @@ pub struct Running {
     addr: SocketAddr,
     /// The listening socket, owned by tiny_http; kept to shut it down.
     listener_fd: RawFd,
-    /// Its journal is written out to the database on shutdown.
-    journal: Arc<crate::journal::Journal>,
+    /// Its gate is opened and its journal written out to the database on shutdown.
+    app: Arc<App>,
 }
 
 /// Binds the listening socket with `TCP_NODELAY` and a send timeout, which Linux passes on
@@ -145,7 +145,7 @@ pub fn start(app: Arc<App>, listener: TcpListener) -> io::Result<Running> {
         busy,
         addr,
         listener_fd,
-        journal: app.journal.clone(),
+        app,
     })
 }
 
@@ -177,7 +177,9 @@ impl Running {
         while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
-        // Each `unblock` ends exactly one worker, after whatever was queued before it.
+        // Workers waiting for a turn go to the queue too, where each `unblock` ends exactly
+        // one worker, after whatever was queued before it.
+        self.app.gate.close();
         for _ in &self.workers {
             self.http.unblock();
         }
@@ -192,11 +194,11 @@ impl Running {
         if remaining > 0 {
             crate::warn!("{remaining} request(s) still running after the shutdown grace period");
         }
-        let shipped = self.journal.drain(deadline);
+        let shipped = self.app.journal.drain(deadline);
         if !shipped {
             crate::warn!(
                 "{} audit row(s) stay in the journal for the next start",
-                self.journal.backlog()
+                self.app.journal.backlog()
             );
         }
         remaining == 0 && shipped
@@ -205,6 +207,8 @@ impl Running {
 
 fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool, busy: &AtomicUsize) {
     loop {
+        // Only a few workers take requests at a time; the others wait for a turn (`gate`).
+        app.gate.hold();
         match http.recv() {
             Ok(rq) => {
                 let _busy = Busy::count(busy);
@@ -212,7 +216,10 @@ fn worker(app: &App, http: &tiny_http::Server, stopping: &AtomicBool, busy: &Ato
             }
             // The queue is first in, first out: requests received before the shutdown's
             // `unblock` are still served by the workers that take them.
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(_) if stopping.load(Ordering::SeqCst) => {
+                app.gate.leave();
+                return;
+            }
             Err(e) => {
                 // tiny_http's accept loop ends for good on its first error: nothing will
                 // arrive any more, so exit and let the supervisor start a fresh process.
@@ -253,7 +260,12 @@ fn serve(app: &App, mut rq: Request, stopping: bool) {
     let reply = match prepare(app, &mut rq, &method, &path, query, arrival) {
         Ok((endpoint, who, req)) => {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                routes::dispatch(app, &endpoint, &who, &req)
+                if endpoint.is_data_plane() {
+                    routes::dispatch(app, &endpoint, &who, &req)
+                } else {
+                    app.gate
+                        .aside(|| routes::dispatch(app, &endpoint, &who, &req))
+                }
             }));
             match outcome {
                 Ok(Ok(reply)) => reply,
@@ -294,7 +306,8 @@ fn serve(app: &App, mut rq: Request, stopping: bool) {
             .any(|(n, _)| n.eq_ignore_ascii_case("x-switcher-error"));
     // A streamed body runs handler code while it is sent: a panic there must not take the
     // worker with it either.
-    if panic::catch_unwind(AssertUnwindSafe(|| send(rq, reply))).is_err() {
+    // Writing waits on the client (a stream, on its upstream too): aside.
+    if panic::catch_unwind(AssertUnwindSafe(|| app.gate.aside(|| send(rq, reply)))).is_err() {
         crate::error!(
             "{method} {}: panicked while sending the reply",
             path.escape_debug()
@@ -367,7 +380,9 @@ fn prepare(
     // ignores it: tiny_http would otherwise drain it when the request is dropped, after the
     // deadline is gone, and a client that stalls its body would hold the worker forever.
     let declared = rq.body_length();
-    let body = read_body(rq.as_reader(), declared, app.config.max_body_bytes)?;
+    let body = app
+        .gate
+        .aside(|| read_body(rq.as_reader(), declared, app.config.max_body_bytes))?;
     Ok((
         endpoint,
         who,

@@ -49,6 +49,19 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The proxy's routes, served from memory: their work is what takes turns on the cores
+    /// (`gate`); every other route may wait on the database and runs aside.
+    pub fn is_data_plane(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::V1Models
+                | Endpoint::ChatCompletions
+                | Endpoint::Messages
+                | Endpoint::CountTokens
+                | Endpoint::Responses
+        )
+    }
+
     pub fn access(&self) -> Access {
         match self {
             // The proxy authorizes inside its handler, so that refusals are audited too.

@@ -174,9 +174,10 @@ pub(super) enum Sent {
 pub(super) fn call(app: &App, call: &Call) -> Result<Answer, ApiError> {
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let started = Instant::now();
-    let answer = app
-        .upstream
-        .call("POST", &call.url, &headers, Some(&call.body));
+    let answer = app.gate.aside(|| {
+        app.upstream
+            .call("POST", &call.url, &headers, Some(&call.body))
+    });
     let status = answer.as_ref().map_or_else(ApiError::status, |a| a.status);
     crate::metrics::note_upstream(status, started.elapsed());
     answer
@@ -197,7 +198,9 @@ pub(super) fn send(app: &App, call: &Call, stream: bool) -> Result<Sent, ApiErro
     }
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let started = Instant::now();
-    let opened = app.upstream.open_stream(&call.url, &headers, &call.body);
+    let opened = app
+        .gate
+        .aside(|| app.upstream.open_stream(&call.url, &headers, &call.body));
     let status = opened.as_ref().map_or_else(ApiError::status, |s| s.status);
     crate::metrics::note_upstream(status, started.elapsed());
     let mut streaming = opened?;
@@ -387,7 +390,9 @@ pub(super) fn anthropic_call(
 }
 
 pub(super) fn read_whole(app: &App, mut streaming: Streaming) -> Result<Answer, ApiError> {
-    let body = app.upstream.read_body(&mut streaming.body, None)?;
+    let body = app
+        .gate
+        .aside(|| app.upstream.read_body(&mut streaming.body, None))?;
     Ok(Answer {
         status: streaming.status,
         body,
