@@ -1215,3 +1215,162 @@ fn the_connection_that_carried_a_stream_serves_the_next_request() {
     assert_eq!(events.last().map(String::as_str), Some("data: [DONE]"));
     audit_rows(&app, "reuser", 2);
 }
+
+/// More upstream calls than the workers' turns on the cores (`src/gate.rs`: four per core)
+/// are in flight at once, streamed and whole alike: a worker waiting on its upstream passes
+/// its turn on. The upstream answers nobody until every call has reached it.
+#[test]
+fn more_slow_upstream_calls_than_turns_on_the_cores_are_all_in_flight_at_once() {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let calls = 4 * cores + 8;
+    let upstream = BarrierUpstream::start(calls, Duration::from_secs(10));
+    let workers = calls.to_string();
+    let app = TestApp::spawn_with(&[("WORKERS", workers.as_str())]);
+    route(&app, "openai", &upstream.url, &["crowd"]);
+
+    let bodies: Vec<(bool, Vec<u8>)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..calls)
+            .map(|i| {
+                let app = &app;
+                s.spawn(move || {
+                    let streamed = i % 2 == 0;
+                    let mut request = chat(&format!("call {i}"));
+                    request["stream"] = json!(streamed);
+                    let stream = Stream::open(app, "crowd", &request);
+                    assert_eq!(stream.status, 200, "call {i}");
+                    (streamed, stream.body())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    assert_eq!(
+        upstream.most_waiting.load(Ordering::SeqCst),
+        calls,
+        "not every call reached the upstream while the others were still waiting on it"
+    );
+    for (streamed, body) in bodies {
+        let text = String::from_utf8(body).unwrap();
+        if streamed {
+            assert!(text.ends_with(DONE), "a whole stream: {text:?}");
+            assert!(text.contains("after the crowd"), "{text:?}");
+        } else {
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                answer["choices"][0]["message"]["content"],
+                "after the crowd"
+            );
+        }
+    }
+    audit_rows(&app, "crowd", calls);
+}
+
+/// A provider with a thread per connection that holds every answer (a stream after its first
+/// event) until `expected` requests have been waiting on it at once, or `limit` has passed;
+/// `most_waiting` is the most that ever were.
+struct BarrierUpstream {
+    url: String,
+    most_waiting: Arc<AtomicUsize>,
+}
+
+impl BarrierUpstream {
+    fn start(expected: usize, limit: Duration) -> BarrierUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let most_waiting = Arc::new(AtomicUsize::new(0));
+        let (w, most) = (waiting.clone(), most_waiting.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let (waiting, most) = (w.clone(), most.clone());
+                thread::spawn(move || {
+                    Self::answer(conn, expected, limit, &waiting, &most);
+                });
+            }
+        });
+        BarrierUpstream { url, most_waiting }
+    }
+
+    fn answer(
+        mut conn: TcpStream,
+        expected: usize,
+        limit: Duration,
+        waiting: &AtomicUsize,
+        most: &AtomicUsize,
+    ) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        let Some(body) = read_whole_request(&mut conn) else {
+            return;
+        };
+        let streamed = serde_json::from_slice::<Value>(&body)
+            .map(|b| b["stream"] == json!(true))
+            .unwrap_or(false);
+        if streamed {
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+            let first = openai_chunk(json!({"role": "assistant", "content": ""}), None);
+            if conn
+                .write_all(format!("{head}{first}").as_bytes())
+                .and_then(|_| conn.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+        let now = waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        let deadline = Instant::now() + limit;
+        while most.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+            thread::sleep(ms(5));
+        }
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        let reply = if streamed {
+            let mut events = openai_chunk(json!({"content": "after the crowd"}), Some("stop"));
+            events.push_str(DONE);
+            events
+        } else {
+            let body = json!({
+                "id": "chatcmpl-crowd", "object": "chat.completion", "created": 1,
+                "model": OPENAI_MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "after the crowd"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+            })
+            .to_string();
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let _ = conn.write_all(reply.as_bytes()).and_then(|_| conn.flush());
+    }
+}
+
+/// A request's body, read after its head by its `Content-Length`.
+fn read_whole_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(data[head_end..head_end + length].to_vec())
+}
